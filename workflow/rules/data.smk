@@ -1,0 +1,16 @@
+rule prepare_data:
+    """Load the image source and split it into disjoint public and private pools."""
+    output:
+        public=f"{R}/data/public.npz",
+        private=f"{R}/data/private.npz",
+        summary=f"{R}/data/summary.json",
+    params:
+        settings=settings("data"),
+    log:
+        f"{R}/logs/prepare_data.log",
+    benchmark:
+        f"{R}/benchmarks/prepare_data.tsv"
+    shell:
+        "python workflow/scripts/prepare_data.py --settings {params.settings}"
+        " --out-public {output.public} --out-private {output.private}"
+        " --out-summary {output.summary} > {log} 2>&1"

@@ -1,0 +1,15 @@
+rule build_subsets:
+    """k-NN sets: M public subsets (hypernetwork training) or P private sets (evaluation)."""
+    input:
+        f"{R}/embeddings/{{pool}}.npy",
+    output:
+        f"{R}/subsets/{{pool}}.npz",
+    params:
+        settings=settings("subsets"),
+    log:
+        f"{R}/logs/build_subsets_{{pool}}.log",
+    benchmark:
+        f"{R}/benchmarks/build_subsets_{{pool}}.tsv"
+    shell:
+        "python workflow/scripts/build_subsets.py --settings {params.settings}"
+        " --embeddings {input} --pool {wildcards.pool} --out {output} > {log} 2>&1"

@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""pretrain_base: train the base DDPM UNet on the PUBLIC pool (or import a local pretrained one)."""
+
+from dpdeepsets import cli
+from dpdeepsets.io import Stopwatch, set_threads, setup_logging
+
+SECTIONS = ["base", "data"]
+
+
+def main():
+    p = cli.make_parser(__doc__, SECTIONS)
+    p.add_argument("--public", required=True, help="public pool .npz")
+    p.add_argument("--out", required=True, help="output diffusers DDPMPipeline directory")
+    args = p.parse_args()
+    cfg = cli.read_settings(args, SECTIONS)
+    b = cfg["base"]
+    log = setup_logging("pretrain_base")
+    set_threads(args.threads)
+    from dpdeepsets import data, diffusion
+
+    images, _ = data.load_split(args.public)
+    with Stopwatch(log, "pretrain_base"):
+        if b["pretrained_dir"]:
+            unet, scheduler = diffusion.load_base(b["pretrained_dir"])
+            if unet.config.in_channels != images.shape[-1]:
+                raise data.DataError(
+                    f"base.pretrained_dir {b['pretrained_dir']} expects {unet.config.in_channels} "
+                    f"channels but the data has {images.shape[-1]}")
+            if unet.config.sample_size != images.shape[1]:
+                raise data.DataError(
+                    f"base.pretrained_dir works at {unet.config.sample_size} px but "
+                    f"data.image_size is {images.shape[1]}")
+            log.info("imported pretrained base from %s", b["pretrained_dir"])
+        else:
+            unet = diffusion.build_unet(
+                image_size=images.shape[1], channels=images.shape[-1],
+                block_out_channels=b["block_out_channels"], layers_per_block=b["layers_per_block"],
+                attention_levels=b["attention_levels"], norm_num_groups=b["norm_num_groups"],
+                attention_head_dim=b["attention_head_dim"])
+            scheduler = diffusion.build_scheduler(b["num_train_timesteps"], b["beta_schedule"])
+            log.info("training %.2fM-parameter UNet on %d public images for %d steps",
+                     sum(q.numel() for q in unet.parameters()) / 1e6, len(images), b["train_steps"])
+            unet = diffusion.train_base(unet, scheduler, diffusion.images_to_tensor(images),
+                                        steps=b["train_steps"], batch_size=b["batch_size"],
+                                        lr=b["lr"], ema_decay=b["ema_decay"], seed=b["seed"])
+        diffusion.save_base(args.out, unet, scheduler)
+        log.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    cli.run(main)
