@@ -42,7 +42,7 @@ Caveats
 * The Inception net was trained on ImageNet; for 16x16 grayscale digits upsampled to 299
   the features are a conventional yardstick, not a perceptual truth.  Absolute values
   are not comparable with MNIST FIDs computed at other resolutions or with other resizing.
-* ``scipy.linalg.sqrtm`` in 2048 dimensions takes 15-30 s on a 2-core CPU.  When
+* ``scipy.linalg.sqrtm`` in 2048 dimensions takes 15-60 s on a 2-core CPU.  When
   ``N1 + N2 < d`` :func:`fid_from_features` first maps both feature sets isometrically
   onto the (N1 + N2)-dimensional subspace that holds them; FID is invariant under such a
   map, so clean-fid's ``frechet_distance`` returns the same number (to rounding) in a

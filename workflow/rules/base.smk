@@ -6,9 +6,11 @@ rule pretrain_base:
         directory(f"{R}/base"),
     params:
         settings=settings("base", "data"),
-    threads: THREADS
+    threads: THREADS_HEAVY
     resources:
         gpu=1,
+    conda:
+        "../../envs/dpdeepsets.yaml"
     log:
         f"{R}/logs/pretrain_base.log",
     benchmark:

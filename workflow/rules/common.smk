@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -14,11 +13,12 @@ min_version("9.0")
 
 validate(config, "../../config/schema.yaml")
 
-# Jobs run the scripts with the interpreter that runs Snakemake (the project's venv).
-os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+# Jobs run the stage scripts with the interpreter that runs Snakemake (the project's venv).
+shell.prefix(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; ")
 
 R = config["results_dir"]
 THREADS = config["threads"]
+THREADS_HEAVY = config["threads_heavy"]
 
 
 def _fail(msg):

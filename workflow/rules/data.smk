@@ -6,6 +6,8 @@ rule prepare_data:
         summary=f"{R}/data/summary.json",
     params:
         settings=settings("data"),
+    conda:
+        "../../envs/dpdeepsets.yaml"
     log:
         f"{R}/logs/prepare_data.log",
     benchmark:

@@ -7,6 +7,8 @@ rule fit_embedder:
     params:
         settings=settings("embedder"),
     threads: THREADS
+    conda:
+        "../../envs/dpdeepsets.yaml"
     log:
         f"{R}/logs/fit_embedder.log",
     benchmark:
@@ -26,6 +28,8 @@ rule embed:
     params:
         settings=settings("embedder"),
     threads: THREADS
+    conda:
+        "../../envs/dpdeepsets.yaml"
     log:
         f"{R}/logs/embed_{{pool}}.log",
     benchmark:

@@ -8,6 +8,8 @@ rule reference_features:
     params:
         settings=settings("evaluation"),
     threads: THREADS
+    conda:
+        "../../envs/dpdeepsets.yaml"
     log:
         f"{R}/logs/reference_features_{{pset}}.log",
     benchmark:
@@ -28,6 +30,8 @@ rule evaluate:
     params:
         settings=settings("evaluation"),
     threads: THREADS
+    conda:
+        "../../envs/dpdeepsets.yaml"
     log:
         f"{R}/logs/evaluate/{{method}}_{{pset}}_eps{{eps}}_seed{{seed}}.log",
     benchmark:

@@ -9,7 +9,9 @@ rule train_hypernet:
         summary=f"{R}/hypernet/summary.json",
     params:
         settings=settings("hypernet", "privacy", "subsets", "lora"),
-    threads: THREADS
+    threads: THREADS_HEAVY
+    conda:
+        "../../envs/dpdeepsets.yaml"
     log:
         f"{R}/logs/train_hypernet.log",
     benchmark:

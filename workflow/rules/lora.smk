@@ -8,9 +8,11 @@ rule fit_lora:
         f"{R}/lora/shards/{{shard}}.safetensors",
     params:
         settings=settings("lora"),
-    threads: THREADS
+    threads: THREADS_HEAVY
     resources:
         gpu=1,
+    conda:
+        "../../envs/dpdeepsets.yaml"
     log:
         f"{R}/logs/fit_lora_{{shard}}.log",
     benchmark:
@@ -27,6 +29,8 @@ rule gather_loras:
         expand(f"{R}/lora/shards/{{shard}}.safetensors", shard=range(N_SHARDS)),
     output:
         f"{R}/lora/public_loras.safetensors",
+    conda:
+        "../../envs/dpdeepsets.yaml"
     log:
         f"{R}/logs/gather_loras.log",
     benchmark:

@@ -7,6 +7,8 @@ rule release_embedding:
         f"{R}/release/{{pset}}/eps{{eps}}_seed{{seed}}.json",
     params:
         settings=settings("privacy"),
+    conda:
+        "../../envs/dpdeepsets.yaml"
     log:
         f"{R}/logs/release_embedding/{{pset}}_eps{{eps}}_seed{{seed}}.log",
     benchmark:
@@ -24,6 +26,8 @@ rule generate_lora:
         hypernet=f"{R}/hypernet/hypernet.pt",
     output:
         directory(f"{R}/adapters/dpdeepsets/{{pset}}/eps{{eps}}_seed{{seed}}"),
+    conda:
+        "../../envs/dpdeepsets.yaml"
     log:
         f"{R}/logs/generate_lora/{{pset}}_eps{{eps}}_seed{{seed}}.log",
     benchmark:

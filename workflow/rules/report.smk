@@ -12,6 +12,8 @@ rule report:
         samples=report(f"{R}/samples.png", category="Results"),
     params:
         settings=settings("privacy"),
+    conda:
+        "../../envs/dpdeepsets.yaml"
     log:
         f"{R}/logs/report.log",
     benchmark:

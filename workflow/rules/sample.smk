@@ -12,6 +12,8 @@ rule sample:
     threads: THREADS
     resources:
         gpu=1,
+    conda:
+        "../../envs/dpdeepsets.yaml"
     log:
         f"{R}/logs/sample/{{method}}_{{pset}}_eps{{eps}}_seed{{seed}}.log",
     benchmark:

@@ -6,6 +6,8 @@ rule build_subsets:
         f"{R}/subsets/{{pool}}.npz",
     params:
         settings=settings("subsets"),
+    conda:
+        "../../envs/dpdeepsets.yaml"
     log:
         f"{R}/logs/build_subsets_{{pool}}.log",
     benchmark:
