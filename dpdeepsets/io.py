@@ -124,3 +124,17 @@ def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
+
+
+def pick_device():
+    """CUDA when a GPU is visible (e.g. a SLURM job with --gres=gpu), else the CPU.
+
+    Set DPDEEPSETS_DEVICE=cpu (or cuda:1, ...) to override. Random draws are made on CPU
+    generators everywhere, so a seed gives the same noise on either device.
+    """
+    import torch
+
+    name = os.environ.get("DPDEEPSETS_DEVICE")
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -156,17 +156,21 @@ def set_b(layers: dict[str, LoRALayer], b: dict[str, torch.Tensor] | None) -> No
 
 def fit_loras(unet, scheduler, layers: dict[str, LoRALayer], targets: list[Target],
               subsets: list[torch.Tensor], subset_ids: list[int], *, rank: int, steps: int,
-              batch_size: int, lr: float, seed: int, desc: str = "fit_lora") -> dict[str, torch.Tensor]:
+              batch_size: int, lr: float, seed: int, desc: str = "fit_lora",
+              device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Fit one ``B`` per subset, all subsets in one stacked pass; returns ``{name: [S,out,r]}``.
 
     Each subset draws its minibatches, timesteps and noise from its own generator seeded by
     ``(seed, subset_id)``, and the summed loss makes ``B[s]``'s gradient that of subset
     ``s`` alone; with Adam's element-wise state the fit is the same as one at a time.
+    Random draws come from CPU generators (device-independent); tensors then move to
+    ``device`` (the UNet, its LoRA layers and ``subsets`` must already be there).
     """
     from .diffusion import denoising_loss, draw_noise
 
     s = len(subsets)
-    params = {t.name: torch.zeros(s, t.out_features, rank, requires_grad=True) for t in targets}
+    params = {t.name: torch.zeros(s, t.out_features, rank, device=device, requires_grad=True)
+              for t in targets}
     opt = torch.optim.Adam(params.values(), lr=lr)
     gens = [torch.Generator().manual_seed(seed * 1_000_003 + int(i)) for i in subset_ids]
     set_b(layers, params)
@@ -176,9 +180,9 @@ def fit_loras(unet, scheduler, layers: dict[str, LoRALayer], targets: list[Targe
             xs, ts, ns = [], [], []
             for x, g in zip(subsets, gens):
                 idx = torch.randint(0, x.shape[0], (batch_size,), generator=g)
-                x0 = x[idx]
-                t, noise = draw_noise(x0, t_max, g)
-                xs.append(x0), ts.append(t), ns.append(noise)
+                x0 = x[idx.to(x.device)]
+                t, noise = draw_noise(x0.cpu(), t_max, g)
+                xs.append(x0), ts.append(t.to(device)), ns.append(noise.to(device))
             per_example = denoising_loss(unet, scheduler, torch.cat(xs), torch.cat(ts),
                                          torch.cat(ns), reduction="none")
             loss = per_example.view(s, batch_size).mean(1).sum()
@@ -187,7 +191,7 @@ def fit_loras(unet, scheduler, layers: dict[str, LoRALayer], targets: list[Targe
             opt.step()
     finally:
         set_b(layers, None)
-    return {k: v.detach() for k, v in params.items()}
+    return {k: v.detach().cpu() for k, v in params.items()}
 
 
 # ---------------------------------------------------------------- artifacts

@@ -4,7 +4,7 @@
 import time
 
 from dpdeepsets import cli
-from dpdeepsets.io import set_threads, setup_logging, write_json
+from dpdeepsets.io import pick_device, set_threads, setup_logging, write_json
 
 SECTIONS = ["evaluation"]
 
@@ -30,7 +30,7 @@ def main():
     t0 = time.perf_counter()
     samples, _ = load_split(args.samples)
     ref = np.load(args.reference)["features"]
-    feats = InceptionFeatures(batch_size=ev["batch_size"])(samples)
+    feats = InceptionFeatures(device=pick_device(), batch_size=ev["batch_size"])(samples)
     row = {"method": args.method, "pset": args.pset, "epsilon": args.epsilon, "seed": args.seed,
            "fid": fid_from_features(feats, ref), "kid": kid_from_features(feats, ref),
            "n_samples": len(samples), "n_reference": len(ref),

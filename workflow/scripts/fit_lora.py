@@ -2,7 +2,7 @@
 """fit_lora: fit one gauge-fixed LoRA per public subset for one shard of subsets (batched)."""
 
 from dpdeepsets import cli
-from dpdeepsets.io import Stopwatch, set_threads, setup_logging
+from dpdeepsets.io import Stopwatch, pick_device, set_threads, setup_logging
 
 SECTIONS = ["lora"]
 
@@ -22,7 +22,9 @@ def main():
 
     from dpdeepsets import data, diffusion, lora
 
+    device = pick_device()
     unet, scheduler = diffusion.load_base(args.base)
+    unet.to(device)
     images, _ = data.load_split(args.public)
     members = np.load(args.subsets)["members"]
     lo, hi = args.shard * cfg["shard_size"], min((args.shard + 1) * cfg["shard_size"], len(members))
@@ -32,14 +34,16 @@ def main():
     ids = list(range(lo, hi))
     targets = lora.find_targets(unet, cfg["target_modules"], cfg["rank"])
     basis = lora.make_basis(targets, cfg["rank"], cfg["basis_seed"])
-    layers = lora.attach(unet, targets, basis, cfg["alpha"] / cfg["rank"])
-    subsets = [diffusion.images_to_tensor(images[members[i]]) for i in ids]
+    basis_dev = {k: v.to(device) for k, v in basis.items()}
+    layers = lora.attach(unet, targets, basis_dev, cfg["alpha"] / cfg["rank"])
+    subsets = [diffusion.images_to_tensor(images[members[i]]).to(device) for i in ids]
     log.info("shard %d: subsets %d..%d, %d target modules, %d B parameters per LoRA",
              args.shard, lo, hi - 1, len(targets), sum(t.out_features * cfg["rank"] for t in targets))
     with Stopwatch(log, f"fitting {len(ids)} LoRAs"):
         b = lora.fit_loras(unet, scheduler, layers, targets, subsets, ids, rank=cfg["rank"],
                            steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                           seed=cfg["seed"], desc=f"fit_lora shard {args.shard}")
+                           seed=cfg["seed"], desc=f"fit_lora shard {args.shard}",
+                           device=device)
     lora.save_lora_bank(args.out, b, basis, ids, {"rank": cfg["rank"], "alpha": cfg["alpha"]})
     log.info("wrote %s", args.out)
 

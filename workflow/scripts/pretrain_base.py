@@ -2,7 +2,7 @@
 """pretrain_base: train the base DDPM UNet on the PUBLIC pool (or import a local pretrained one)."""
 
 from dpdeepsets import cli
-from dpdeepsets.io import Stopwatch, set_threads, setup_logging
+from dpdeepsets.io import Stopwatch, pick_device, set_threads, setup_logging
 
 SECTIONS = ["base", "data"]
 
@@ -42,7 +42,8 @@ def main():
                      sum(q.numel() for q in unet.parameters()) / 1e6, len(images), b["train_steps"])
             unet = diffusion.train_base(unet, scheduler, diffusion.images_to_tensor(images),
                                         steps=b["train_steps"], batch_size=b["batch_size"],
-                                        lr=b["lr"], ema_decay=b["ema_decay"], seed=b["seed"])
+                                        lr=b["lr"], ema_decay=b["ema_decay"], seed=b["seed"],
+                                        device=pick_device())
         diffusion.save_base(args.out, unet, scheduler)
         log.info("wrote %s", args.out)
 

@@ -6,7 +6,7 @@ evaluate and is never released as a model, sample or embedding.
 """
 
 from dpdeepsets import cli
-from dpdeepsets.io import Stopwatch, set_threads, setup_logging
+from dpdeepsets.io import pick_device, Stopwatch, set_threads, setup_logging
 
 SECTIONS = ["evaluation"]
 
@@ -29,7 +29,7 @@ def main():
     images, _ = load_split(args.private)
     members = np.load(args.sets)["members"][int(args.pset.lstrip("p"))]
     with Stopwatch(log, f"Inception features of {len(members)} private images"):
-        feats = InceptionFeatures(batch_size=ev["batch_size"])(images[members])
+        feats = InceptionFeatures(device=pick_device(), batch_size=ev["batch_size"])(images[members])
     atomic_savez(args.out, {"features": feats})
     log.info("wrote %s", args.out)
 

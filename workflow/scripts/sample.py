@@ -2,7 +2,7 @@
 """sample: DDIM samples from the base model, with a PEFT LoRA adapter loaded by peft if given."""
 
 from dpdeepsets import cli
-from dpdeepsets.io import Stopwatch, set_threads, setup_logging
+from dpdeepsets.io import Stopwatch, pick_device, set_threads, setup_logging
 
 SECTIONS = ["sampling"]
 
@@ -26,10 +26,12 @@ def main():
     if args.adapter:
         lora.load_adapter_with_peft(unet, args.adapter)
         log.info("loaded adapter %s with peft", args.adapter)
+    device = pick_device()
+    unet.to(device)
     with Stopwatch(log, f"{s['num_samples']} samples x {s['ddim_steps']} DDIM steps"):
         x = diffusion.ddim_sample(unet, scheduler, num_samples=s["num_samples"],
                                   steps=s["ddim_steps"], seed=args.seed,
-                                  batch_size=s["batch_size"], eta=s["eta"])
+                                  batch_size=s["batch_size"], eta=s["eta"], device=device)
     images = diffusion.tensor_to_images(x)
     save_split(args.out, images, None)
     save_image_grid(args.out_grid, images[: s["grid_size"] ** 2], ncols=s["grid_size"])
