@@ -18,7 +18,6 @@ import functools
 import importlib
 import os
 import pickle
-import tempfile
 import zipfile
 from typing import Mapping
 
@@ -421,23 +420,15 @@ def split_public_private(n: int, public_fraction: float, seed: int) -> tuple[np.
 # on-disk split format
 # --------------------------------------------------------------------------
 def atomic_savez(path: str, arrays: Mapping[str, np.ndarray], compress: bool = False) -> None:
-    """Write ``arrays`` to ``path`` as .npz atomically: temp file in the same
-    directory, fsync, then ``os.replace``.  The temp file is removed on error,
-    so an existing ``path`` is left untouched if anything fails."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    """Write ``arrays`` to ``path`` as .npz atomically (:func:`dpdeepsets.io.atomic_path`):
+    an existing ``path`` is left untouched if anything fails."""
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
             (np.savez_compressed if compress else np.savez)(fh, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def save_split(path: str, images: np.ndarray, labels: np.ndarray | None = None, *, compress: bool = False) -> None:

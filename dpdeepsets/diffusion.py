@@ -156,12 +156,14 @@ def ddim_sample(unet: UNet2DModel, scheduler: DDPMScheduler, *, num_samples: int
 
 
 def images_to_tensor(images_uint8: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC -> float32 NCHW in [-1,1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
+    """uint8 NHWC -> float32 NCHW tensor in [-1,1] (:func:`dpdeepsets.data.to_model_range`)."""
+    from .data import to_model_range
+
+    return torch.from_numpy(to_model_range(images_uint8))
 
 
 def tensor_to_images(x: torch.Tensor) -> np.ndarray:
-    """float NCHW in [-1,1] -> uint8 NHWC."""
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().numpy()
+    """float NCHW tensor in [-1,1] -> uint8 NHWC (:func:`dpdeepsets.data.from_model_range`)."""
+    from .data import from_model_range
+
+    return from_model_range(x.detach().cpu().float().numpy())
