@@ -14,7 +14,7 @@
 #                 generate_lora               noisy embedding -> PEFT adapter
 #   sample.smk    sample                      DDIM samples per method / set / epsilon / seed
 #   evaluate.smk  reference_features, evaluate   FID / KID against each private set
-#   report.smk    report                      metrics.csv, ledger, figures
+#   report.smk    report, sample_figure       metrics.csv, ledger, plots; the sample figure
 
 configfile: "config/config.yaml"
 

@@ -99,7 +99,7 @@ def test_sampling_change_reruns_only_downstream(tiny_run, tmp_path):
     table = out[out.index("Job stats"):out.index("Reasons")]
     rules = {line.split()[0] for line in table.splitlines()
              if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert rules == {"sample", "evaluate", "report", "all"}, rules
+    assert rules == {"sample", "evaluate", "report", "sample_figure", "all"}, rules
 
 
 @pytest.mark.slow

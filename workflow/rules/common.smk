@@ -93,6 +93,10 @@ def adapter_input(wildcards):
 METRIC_FILES = [f"{R}/eval/metrics/{m}/{p}/eps{e}_seed{s}.json" for m, p, e, s in cells()]
 RELEASE_FILES = [f"{R}/release/{p}/eps{e}_seed{s}.json" for m, p, e, s in cells() if m == "dpdeepsets"]
 SAMPLE_FILES = sorted({sample_path(m, p, e, s) for m, p, e, s in cells()})
+# The released sample figure shows DP samples (and the base model) only: the epsilon = inf
+# cells are non-private references and stay out of anything public-facing.
+FIGURE_SAMPLE_FILES = sorted({sample_path(m, p, e, s) for m, p, e, s in cells()
+                              if not (m != "base" and e == "inf")})
 REPORT_OUTPUTS = [f"{R}/metrics.csv", f"{R}/privacy_ledger.csv", f"{R}/fid_vs_epsilon.png",
                   f"{R}/kid_vs_epsilon.png", f"{R}/samples.png"]
 

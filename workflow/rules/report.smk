@@ -1,15 +1,13 @@
 rule report:
-    """metrics.csv, privacy_ledger.csv, FID/KID-vs-epsilon plots and the sample figure."""
+    """EVALUATION OUTPUT: metrics.csv, privacy_ledger.csv and the FID/KID-vs-epsilon plots."""
     input:
         metrics=METRIC_FILES,
         releases=RELEASE_FILES,
-        samples=SAMPLE_FILES,
     output:
         metrics=report(f"{R}/metrics.csv", category="Results"),
         ledger=report(f"{R}/privacy_ledger.csv", category="Privacy"),
         fid=report(f"{R}/fid_vs_epsilon.png", category="Results"),
         kid=report(f"{R}/kid_vs_epsilon.png", category="Results"),
-        samples=report(f"{R}/samples.png", category="Results"),
     params:
         settings=settings("privacy"),
     conda:
@@ -20,7 +18,22 @@ rule report:
         f"{R}/benchmarks/report.tsv"
     shell:
         "python workflow/scripts/report.py --settings {params.settings}"
-        " --metrics {input.metrics} --releases {input.releases} --samples {input.samples}"
+        " --metrics {input.metrics} --releases {input.releases}"
         " --out-metrics {output.metrics} --out-ledger {output.ledger}"
-        " --out-fid-plot {output.fid} --out-kid-plot {output.kid}"
-        " --out-samples {output.samples} > {log} 2>&1"
+        " --out-fid-plot {output.fid} --out-kid-plot {output.kid} > {log} 2>&1"
+
+
+rule sample_figure:
+    """Released artifact: DP samples per private set and epsilon, and the base model's."""
+    input:
+        FIGURE_SAMPLE_FILES,
+    output:
+        report(f"{R}/samples.png", category="Results"),
+    conda:
+        "../../envs/dpdeepsets.yaml"
+    log:
+        f"{R}/logs/sample_figure.log",
+    benchmark:
+        f"{R}/benchmarks/sample_figure.tsv"
+    shell:
+        "python workflow/scripts/sample_figure.py --samples {input} --out {output} > {log} 2>&1"

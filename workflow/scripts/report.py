@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""report: results/metrics.csv, the privacy ledger, FID/KID-vs-epsilon plots and a sample figure."""
+"""report: results/metrics.csv, the privacy ledger and the FID/KID-vs-epsilon plots.
+
+EVALUATION OUTPUT: the metrics are scores against the private sets (not a DP release).
+"""
 
 from dpdeepsets import cli
-from dpdeepsets.io import format_epsilon, setup_logging
+from dpdeepsets.io import setup_logging
 
 SECTIONS = ["privacy"]
 
@@ -11,19 +14,14 @@ def main():
     p = cli.make_parser(__doc__, SECTIONS)
     p.add_argument("--metrics", nargs="+", required=True, help="per-cell metrics .json files")
     p.add_argument("--releases", nargs="+", required=True, help="release .json files")
-    p.add_argument("--samples", nargs="+", required=True, help="sample .npz files (for the figure)")
     p.add_argument("--out-metrics", required=True)
     p.add_argument("--out-ledger", required=True)
     p.add_argument("--out-fid-plot", required=True)
     p.add_argument("--out-kid-plot", required=True)
-    p.add_argument("--out-samples", required=True)
     args = p.parse_args()
     priv = cli.read_settings(args, SECTIONS)["privacy"]
     log = setup_logging("report")
-    from pathlib import Path
-
     from dpdeepsets import report
-    from dpdeepsets.data import load_split
 
     df = report.metrics_table(args.metrics)
     report.write_csv(args.out_metrics, df)
@@ -32,23 +30,6 @@ def main():
     report.plot_fid_vs_epsilon(args.out_fid_plot, df, "fid")
     report.plot_fid_vs_epsilon(args.out_kid_plot, df, "kid")
 
-    # Sample figure: one row per private set; base, then dpdeepsets by epsilon (first seed).
-    seed0 = df["seed"].min()
-    by_path = {Path(s).as_posix(): s for s in args.samples}
-    rows = []
-    for pset in sorted(df["pset"].unique()):
-        cells = []
-        for _, r in df[(df["pset"] == pset) & (df["seed"] == seed0)].sort_values(
-                ["method", "epsilon"]).iterrows():
-            eps = format_epsilon(r["epsilon"])
-            key = next((k for k in by_path if f"/{r['method']}/" in k and
-                        (f"/{pset}/" in k or r["method"] == "base") and
-                        k.endswith(f"eps{eps}_seed{seed0}.npz")), None)
-            if key:
-                label = "base" if r["method"] == "base" else f"{r['method']} eps={eps}"
-                cells.append((label, load_split(by_path[key])[0]))
-        rows.append((pset, cells))
-    report.sample_figure(args.out_samples, rows)
     summary = df.groupby(["method", "epsilon"])[["fid", "kid"]].mean()
     log.info("mean over sets and seeds:\n%s", summary.to_string())
     log.info("wrote %s, %s and figures", args.out_metrics, args.out_ledger)
