@@ -30,6 +30,8 @@ include: "workflow/rules/release.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/baselines.smk"
+include: "workflow/rules/synthetic.smk"
 
 
 rule all:

@@ -38,7 +38,13 @@ def ledger_table(release_files, delta: float) -> pd.DataFrame:
     """Every release with its parameters, plus the composed guarantee of its private set.
 
     The composition (Gaussian DP, exact for Gaussian releases) answers: what would it cost
-    to publish all of these releases of the same private set together?
+    to publish all of these releases of the same private set together? It covers the
+    DP-DeepSets analytic-Gaussian releases only (mechanism ``analytic_gaussian``). DP-SGD
+    rows (``fit_baseline``, mechanism ``dp-sgd (opacus, ...)``) carry their own accountant's
+    ``accounted_epsilon`` (with ``noise_multiplier``, ``sample_rate``, ``steps``); their
+    ``composed_*`` columns are NaN (they are not Gaussian releases of one mean; composing
+    them would need their accountant). Extra columns of any row are kept, after the
+    standard ones.
     """
     from .privacy import compose_releases
 
@@ -49,22 +55,27 @@ def ledger_table(release_files, delta: float) -> pd.DataFrame:
         led["release_file"] = str(f)
         rows.append(led)
     df = pd.DataFrame(rows)
+    gaussian = df["mechanism"].isin(["analytic_gaussian"]) | (
+        df["method"].eq("dpdeepsets") & ~df["private"].astype(bool))
     composed = {}
-    for pset, g in df.groupby("pset"):
-        private = g[g["private"]]
+    for pset, g in df[gaussian].groupby("pset"):
+        private = g[g["private"].astype(bool)]
         if len(private):
             c = compose_releases(private.to_dict("records"), delta)
             composed[pset] = (c["n_releases"], c["mu"], c["epsilon"])
         else:
             composed[pset] = (0, 0.0, 0.0)
-    df["composed_n_releases"] = df["pset"].map(lambda p: composed[p][0])
-    df["composed_mu"] = df["pset"].map(lambda p: composed[p][1])
-    df["composed_epsilon"] = df["pset"].map(lambda p: composed[p][2])
-    df["composed_delta"] = delta
+    nan = (math.nan, math.nan, math.nan)
+    keys = [composed.get(p, nan) if is_g else nan for p, is_g in zip(df["pset"], gaussian)]
+    df["composed_n_releases"] = [k[0] for k in keys]
+    df["composed_mu"] = [k[1] for k in keys]
+    df["composed_epsilon"] = [k[2] for k in keys]
+    df["composed_delta"] = [delta if is_g else math.nan for is_g in gaussian]
     cols = ["pset", "seed", "method", "epsilon", "delta", "sigma", "sensitivity", "clip_norm",
             "n", "dim", "adjacency", "mechanism", "noise_source", "private",
             "composed_n_releases", "composed_mu", "composed_epsilon", "composed_delta", "release_file"]
-    return df[cols].sort_values(["pset", "epsilon", "seed"]).reset_index(drop=True)
+    cols += [c for c in df.columns if c not in cols]
+    return df[cols].sort_values(["pset", "method", "epsilon", "seed"]).reset_index(drop=True)
 
 
 def write_csv(path, df: pd.DataFrame) -> None:

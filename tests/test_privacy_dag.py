@@ -47,8 +47,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Rules whose output is a differentially private release of their private inputs, each with an
 # accountant (release_embedding: analytic Gaussian, ledger entry composed in privacy_ledger.csv).
-# A DP-SGD-family rule joins this list only together with its accountant.
-DP_RULES = frozenset({"release_embedding"})
+# A DP-SGD-family rule joins this list only together with its accountant: fit_baseline
+# (dpsgd, public_ft_dpsgd, pda_dpmd) is DP via the opacus accountant (make_private_with_epsilon,
+# the accounted epsilon in its ledger JSON, listed in privacy_ledger.csv).  Its method
+# nonprivate runs at eps=inf and is the declared non-private reference, like the release's.
+DP_RULES = frozenset({"release_embedding", "fit_baseline"})
 # Rules whose outputs are published: the generated adapters and the samples.
 RELEASED_RULES = frozenset({"generate_lora", "sample", "sample_figure"})
 # Rules that read private data to *score*; their outputs are evaluation output, not releases.
@@ -56,11 +59,15 @@ EVALUATION_RULES = frozenset({"reference_features", "evaluate", "report"})
 # Private preprocessing inside the trust boundary: may read private data, must only feed DP or
 # evaluation rules (and only for the private pool).
 PRIVATE_PREP_RULES = frozenset({"embed", "build_subsets"})
+# Public rules (read public data only), besides the DP-DeepSets public side.
+PUBLIC_RULES = frozenset({"prepare_data", "pretrain_base", "fit_embedder", "fit_lora", "gather_loras",
+                          "train_hypernet", "fit_public_lora"})
 # Aggregate target rules (no outputs of their own).
 TARGET_RULES = frozenset({"all"})
-# epsilon = inf cells (privacy.nonprivate_reference) run the release with sigma = 0: a
-# NON-PRIVATE reference.  Those jobs do not count as DP, so their adapters and samples are
-# private-derived; they are the one declared exception (evaluation-only reference artifacts).
+# epsilon = inf cells (privacy.nonprivate_reference) run the release with sigma = 0, and the
+# nonprivate baseline fits its LoRA without noise (also eps=inf): NON-PRIVATE references.
+# Those jobs do not count as DP, so their adapters and samples are private-derived; they are
+# the one declared exception (evaluation-only reference artifacts).
 NONPRIVATE_REFERENCE_WILDCARD = "eps=inf"
 PRIVATE_FILES = ("data/private.npz",)  # relative to results_dir
 LEDGER_FILE = "privacy_ledger.csv"  # relative to results_dir; written by the accountant
@@ -87,10 +94,18 @@ def _copy_workflow(dst: Path) -> Path:
     return dst
 
 
-def _dry_run(workdir: Path, results: Path) -> str:
+# The default config evaluates [dpdeepsets, base]; this override switches the baselines on.
+BASELINES_ON = "evaluation:\n  methods: [dpdeepsets, base, dpsgd, public_ft_dpsgd, pda_dpmd, nonprivate]\n"
+
+
+def _dry_run(workdir: Path, results: Path, baselines: bool = False) -> str:
     """Dry run (-n) of the whole default DAG; never executes a job."""
+    configs = ["config/config.yaml"]
+    if baselines:
+        (workdir / "config" / "baselines_on.yaml").write_text(BASELINES_ON)
+        configs.append("config/baselines_on.yaml")
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--forceall", "--configfile", "config/config.yaml",
+        [sys.executable, "-m", "snakemake", "-n", "--forceall", "--configfile", *configs,
          "--config", f"results_dir={results}"],
         cwd=workdir, capture_output=True, text=True, timeout=300, check=False,
     )
@@ -110,7 +125,8 @@ def _job_stats(text: str) -> Counter:
 
 
 class Dag:
-    def __init__(self, text: str, results: Path):
+    def __init__(self, text: str, results: Path, baselines: bool = False):
+        self.baselines = baselines
         self.text = text
         self.results = results
         self.jobs = parse_dryrun_jobs(text)
@@ -149,17 +165,18 @@ class Dag:
         return seen
 
 
-def _build_dag(tmp: Path, edit=None) -> Dag:
+def _build_dag(tmp: Path, edit=None, baselines: bool = False) -> Dag:
     wf = _copy_workflow(tmp / "wf")
     if edit is not None:
         edit(wf)
     results = tmp / "results"
-    return Dag(_dry_run(wf, results), results)
+    return Dag(_dry_run(wf, results, baselines), results, baselines)
 
 
-@pytest.fixture(scope="module")
-def dag(tmp_path_factory):
-    return _build_dag(tmp_path_factory.mktemp("dag"))
+@pytest.fixture(scope="module", params=["default", "baselines"])
+def dag(request, tmp_path_factory):
+    """The default config's DAG, and the same with every baseline method switched on."""
+    return _build_dag(tmp_path_factory.mktemp("dag"), baselines=request.param == "baselines")
 
 
 def test_parser_sees_every_job(dag):
@@ -168,14 +185,16 @@ def test_parser_sees_every_job(dag):
     for j in dag.jobs:
         assert j["jobid"] is not None and (j["output"] or j["rule"] in TARGET_RULES), j
     # the rules this model classifies are exactly the workflow's rules
-    known = DP_RULES | RELEASED_RULES | EVALUATION_RULES | PRIVATE_PREP_RULES | TARGET_RULES | {
-        "prepare_data", "pretrain_base", "fit_embedder", "fit_lora", "gather_loras", "train_hypernet"}
+    known = DP_RULES | RELEASED_RULES | EVALUATION_RULES | PRIVATE_PREP_RULES | TARGET_RULES | PUBLIC_RULES
+    if not dag.baselines:
+        known = known - {"fit_baseline", "fit_public_lora"}
     assert {rule_of(lbl) for lbl in dag.labels} == known, "a new rule must be classified here"
 
 
 def test_private_sources_are_found(dag):
     assert "embed[pool=private]" in dag.sources
-    assert {rule_of(s) for s in dag.sources} == {"embed", "reference_features"}
+    expected = {"embed", "reference_features"} | ({"fit_baseline"} if dag.baselines else set())
+    assert {rule_of(s) for s in dag.sources} == expected
     assert dag.of_rule(*DP_RULES) and dag.of_rule(*RELEASED_RULES)
 
 
@@ -212,8 +231,32 @@ def test_private_data_reaches_only_private_prep_and_evaluation(dag):
         if rule_of(t) in PRIVATE_PREP_RULES:
             assert "pool=private" in t, t
     # the public side of the pipeline (base model, embedder, LoRAs, hypernetwork) is untouched
-    assert not {rule_of(t) for t in tainted} & {"pretrain_base", "fit_embedder", "fit_lora",
-                                                "gather_loras", "train_hypernet", "prepare_data"}
+    assert not {rule_of(t) for t in tainted} & PUBLIC_RULES
+
+
+def test_baseline_fits_are_dp_except_the_nonprivate_reference(dag):
+    fits = dag.of_rule("fit_baseline")
+    if not dag.baselines:
+        assert not fits
+        return
+    methods = {"dpsgd", "public_ft_dpsgd", "pda_dpmd", "nonprivate"}
+    assert {re.search(r"method=(\w+)", f).group(1) for f in fits} == methods
+    for f in fits:
+        assert f in dag.sources  # reads the private set itself: it must be the DP step
+        assert _is_reference(f) == ("method=nonprivate" in f), f
+    # the public LoRA they start from reads no private data
+    [pub] = dag.of_rule("fit_public_lora")
+    assert not dag.ancestors(pub) & dag.sources and pub not in dag.sources
+    # DP-SGD samples (finite epsilon) are clean; nonprivate samples are reference cells
+    violations = check_private_flow(dag.edges, dag.sources, DP_RULES, RELEASED_RULES, rule_of=dp_kind)
+    leaked = {p[-1] for p in violations}
+    dp_samples = [j for j in dag.of_rule("sample") if re.search(r"method=(dpsgd|public_ft_dpsgd|pda_dpmd),", j)]
+    assert dp_samples and not leaked & set(dp_samples)
+    assert {j for j in leaked if "method=nonprivate" in j} == set(
+        j for j in dag.of_rule("sample") if "method=nonprivate" in j)
+    # the released sample figure never shows the nonprivate reference
+    [fig] = [j for j in dag.jobs if job_label(j) == "sample_figure"]
+    assert not any("/nonprivate/" in f for f in fig["input"])
 
 
 def test_nothing_released_depends_on_evaluation(dag):
@@ -253,7 +296,9 @@ def test_checker_flags_a_synthetic_private_edge(dag):
 def test_checker_flags_a_missing_dp_step(dag):
     # without the release on the allow-list, the release itself is a leak
     violations = check_private_flow(dag.edges, dag.sources, frozenset(), RELEASED_RULES)
-    assert violations and all(any(rule_of(x) == "release_embedding" for x in p) for p in violations)
+    assert violations and all(any(rule_of(x) in DP_RULES for x in p) for p in violations)
+    through = {rule_of(x) for p in violations for x in p} & DP_RULES
+    assert through == ({"release_embedding", "fit_baseline"} if dag.baselines else {"release_embedding"})
 
 
 def test_checker_flags_evaluation_feeding_a_release(dag):

@@ -67,12 +67,27 @@ if config["privacy"]["nonprivate_reference"]:
 N_SHARDS = math.ceil(config["subsets"]["num_public"] / config["lora"]["shard_size"])
 
 
+# Gradient-based baselines (workflow/rules/baselines.smk): DP-SGD family at every finite
+# epsilon of privacy.epsilons, and the non-private LoRA fit (a reference, eps = inf).
+DPSGD_METHODS = ("dpsgd", "public_ft_dpsgd", "pda_dpmd")
+BASELINE_METHODS = DPSGD_METHODS + ("nonprivate",)
+FINITE_EPSILONS = [eps_name(e) for e in config["privacy"]["epsilons"]]
+
+
+def method_epsilons(method):
+    if method == "dpdeepsets":
+        return EPSILONS
+    if method in DPSGD_METHODS:
+        return FINITE_EPSILONS
+    return ["inf"]  # base, nonprivate: no privacy parameter
+
+
 def cells():
-    """Every evaluated (method, pset, eps, seed); base has no privacy parameter (eps = inf)."""
+    """Every evaluated (method, pset, eps, seed); base and nonprivate have eps = inf."""
     for method in METHODS:
         for pset in PSETS:
             for seed in SEEDS:
-                for eps in (EPSILONS if method == "dpdeepsets" else ["inf"]):
+                for eps in method_epsilons(method):
                     yield method, pset, eps, seed
 
 
@@ -85,16 +100,39 @@ def sample_path(method, pset, eps, seed):
 
 def adapter_input(wildcards):
     """The PEFT adapter a method's samples come from (none for the base model)."""
-    if wildcards.method == "dpdeepsets":
-        return {"adapter": f"{R}/adapters/dpdeepsets/{wildcards.pset}/eps{wildcards.eps}_seed{wildcards.seed}"}
+    if wildcards.method == "dpdeepsets" or wildcards.method in BASELINE_METHODS:
+        return {"adapter": f"{R}/adapters/{wildcards.method}/{wildcards.pset}/eps{wildcards.eps}_seed{wildcards.seed}"}
     return {}
+
+
+def baseline_inputs(wildcards):
+    """Public inputs a baseline needs beyond the base model and the private set."""
+    extra = {}
+    if wildcards.method in ("public_ft_dpsgd", "pda_dpmd"):
+        extra["public_lora"] = f"{R}/adapters/public_lora"
+    if wildcards.method == "pda_dpmd":
+        extra["public"] = f"{R}/data/public.npz"
+    return extra
+
+
+def baseline_flags(wildcards, input):
+    flags = []
+    if "public_lora" in input.keys():
+        flags.append(f"--public-lora {input.public_lora}")
+    if "public" in input.keys():
+        flags.append(f"--public {input.public}")
+    return " ".join(flags)
 
 
 METRIC_FILES = [f"{R}/eval/metrics/{m}/{p}/eps{e}_seed{s}.json" for m, p, e, s in cells()]
 RELEASE_FILES = [f"{R}/release/{p}/eps{e}_seed{s}.json" for m, p, e, s in cells() if m == "dpdeepsets"]
+# Each baseline fit's ledger (the opacus accountant's numbers; nonprivate: a reference row).
+BASELINE_LEDGER_FILES = [f"{R}/ledger/{m}/{p}/eps{e}_seed{s}.json" for m, p, e, s in cells()
+                         if m in BASELINE_METHODS]
 SAMPLE_FILES = sorted({sample_path(m, p, e, s) for m, p, e, s in cells()})
 # The released sample figure shows DP samples (and the base model) only: the epsilon = inf
-# cells are non-private references and stay out of anything public-facing.
+# cells (dpdeepsets without noise, nonprivate) are non-private references and stay out of
+# anything public-facing.
 FIGURE_SAMPLE_FILES = sorted({sample_path(m, p, e, s) for m, p, e, s in cells()
                               if not (m != "base" and e == "inf")})
 REPORT_OUTPUTS = [f"{R}/metrics.csv", f"{R}/privacy_ledger.csv", f"{R}/fid_vs_epsilon.png",

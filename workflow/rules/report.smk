@@ -3,6 +3,7 @@ rule report:
     input:
         metrics=METRIC_FILES,
         releases=RELEASE_FILES,
+        ledgers=BASELINE_LEDGER_FILES,
     output:
         metrics=report(f"{R}/metrics.csv", category="Results"),
         ledger=report(f"{R}/privacy_ledger.csv", category="Privacy"),
@@ -18,7 +19,7 @@ rule report:
         f"{R}/benchmarks/report.tsv"
     shell:
         "python workflow/scripts/report.py --settings {params.settings}"
-        " --metrics {input.metrics} --releases {input.releases}"
+        " --metrics {input.metrics} --releases {input.releases} {input.ledgers}"
         " --out-metrics {output.metrics} --out-ledger {output.ledger}"
         " --out-fid-plot {output.fid} --out-kid-plot {output.kid} > {log} 2>&1"
 

@@ -13,7 +13,7 @@ SECTIONS = ["privacy"]
 def main():
     p = cli.make_parser(__doc__, SECTIONS)
     p.add_argument("--metrics", nargs="+", required=True, help="per-cell metrics .json files")
-    p.add_argument("--releases", nargs="+", required=True, help="release .json files")
+    p.add_argument("--releases", nargs="+", required=True, help="release .json files (and baseline ledger .json files)")
     p.add_argument("--out-metrics", required=True)
     p.add_argument("--out-ledger", required=True)
     p.add_argument("--out-fid-plot", required=True)
