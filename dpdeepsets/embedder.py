@@ -419,3 +419,10 @@ class Projection:
 
     def __repr__(self) -> str:
         return f"Projection(in_dim={self.in_dim}, dim={self.dim}, metadata={self.metadata})"
+
+
+def features_from_config(images_uint8: np.ndarray, settings: Mapping) -> np.ndarray:
+    """:func:`extract_features` with the ``embedder`` config section's settings."""
+    return extract_features(images_uint8, settings["backend"], image_size=settings["image_size"],
+                            batch_size=settings["batch_size"], clip_model=settings["clip_model"],
+                            clip_weights=settings["clip_weights"])

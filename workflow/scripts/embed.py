@@ -27,9 +27,7 @@ def main():
     images, _ = data.load_split(args.images)
     proj = embedder.Projection.load(args.projection)
     with Stopwatch(log, f"embedding {len(images)} images"):
-        feats = embedder.extract_features(images, e["backend"], image_size=e["image_size"],
-                                          batch_size=e["batch_size"], clip_model=e["clip_model"],
-                                          clip_weights=e["clip_weights"])
+        feats = embedder.features_from_config(images, e)
         z = proj.transform(feats)
     if not np.isfinite(z).all():
         raise ValueError(f"embeddings of {args.images} contain NaN or Inf")

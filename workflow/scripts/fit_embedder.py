@@ -24,9 +24,7 @@ def main():
     if len(images) > e["fit_max_images"]:
         images = images[np.sort(rng.choice(len(images), e["fit_max_images"], replace=False))]
     with Stopwatch(log, f"features + projection of {len(images)} public images"):
-        feats = embedder.extract_features(images, e["backend"], image_size=e["image_size"],
-                                          batch_size=e["batch_size"], clip_model=e["clip_model"],
-                                          clip_weights=e["clip_weights"])
+        feats = embedder.features_from_config(images, e)
         proj = embedder.Projection.fit(feats, e["dim"], seed=e["seed"],
                                          metadata={"backend": e["backend"]})
         proj.save(args.out)
