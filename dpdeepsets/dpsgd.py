@@ -213,10 +213,6 @@ def alpha_schedule(step: int, total: int) -> float:
     return math.cos(math.pi * step / (2 * total))
 
 
-def _expected_batches(n: int, batch_size: int) -> int:
-    return math.ceil(n / min(batch_size, n))
-
-
 def train_lora(unet: nn.Module, scheduler, targets: list[L.Target], images: torch.Tensor, *,
                method: str, cfg: dict, rank: int, alpha: float, basis: dict[str, torch.Tensor],
                init: tuple[dict, dict] | None = None, epsilon: float | None = None,
