@@ -6,12 +6,26 @@ import shlex
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
+
+from dpdeepsets.config import ConfigError, check_consistency, describe_validation_error
 
 min_version("9.0")
 
 
-validate(config, "../../config/schema.yaml")
+# One line naming the key (Snakemake's own message prints the section's whole schema), then
+# the cross-key checks the schema cannot express; both before any job starts.
+try:
+    validate(config, "../../config/schema.yaml")
+    check_consistency(config)
+except WorkflowError as exc:
+    cause = exc.__context__  # the jsonschema ValidationError that validate() caught
+    if not hasattr(cause, "absolute_path"):
+        raise
+    raise WorkflowError(f"config error: {describe_validation_error(cause)}") from None
+except ConfigError as exc:
+    raise WorkflowError(f"config error: {exc}") from None
 
 # Jobs run the stage scripts with the interpreter that runs Snakemake (the project's venv).
 shell.prefix(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; ")

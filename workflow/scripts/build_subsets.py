@@ -17,10 +17,10 @@ def main():
     log = setup_logging("build_subsets")
     import numpy as np
 
-    from dpdeepsets.data import atomic_savez
+    from dpdeepsets.data import atomic_savez, load_embeddings
     from dpdeepsets.subsets import knn_subsets
 
-    z = np.load(args.embeddings)
+    z = load_embeddings(args.embeddings)  # refuses NaN/Inf, names the file
     num = s["num_public"] if args.pool == "public" else s["num_private"]
     seed = s["seed"] + (0 if args.pool == "public" else 1)
     anchors, members = knn_subsets(z, num_sets=num, k=s["set_size"], seed=seed,

@@ -19,10 +19,12 @@ def main():
 
     from dpdeepsets import data, embedder
 
-    images, _ = data.load_split(args.public)
+    images, _ = data.load_split(args.public, mmap=True)  # only the sampled rows are read
     rng = np.random.default_rng(e["seed"])
     if len(images) > e["fit_max_images"]:
         images = images[np.sort(rng.choice(len(images), e["fit_max_images"], replace=False))]
+    else:
+        images = np.array(images)
     with Stopwatch(log, f"features + projection of {len(images)} public images"):
         feats = embedder.features_from_config(images, e)
         proj = embedder.Projection.fit(feats, e["dim"], seed=e["seed"],

@@ -27,19 +27,22 @@ def main():
             if pub.shape[-1] != images.shape[-1]:
                 raise data.DataError(f"data.public_source has {pub.shape[-1]} channels but "
                                      f"data.source has {images.shape[-1]}")
+            pub_idx = priv_idx = None
             priv, priv_labels = images, labels
         else:
             pub_idx, priv_idx = data.split_public_private(len(images), cfg["public_fraction"],
                                                           cfg["split_seed"])
-            pub, priv = images[pub_idx], images[priv_idx]
-            pub_labels = None if labels is None else labels[pub_idx]
-            priv_labels = None if labels is None else labels[priv_idx]
-        data.save_split(args.out_public, pub, pub_labels)
-        data.save_split(args.out_private, priv, priv_labels)
-        write_json(args.out_summary, {"public": len(pub), "private": len(priv),
+            pub, priv, pub_labels, priv_labels = images, images, labels, labels
+        # Rows are streamed from the (possibly memory-mapped) source: the pools are never
+        # materialised, so a pool larger than RAM can be split.
+        data.save_split(args.out_public, pub, pub_labels, index=pub_idx)
+        data.save_split(args.out_private, priv, priv_labels, index=priv_idx)
+        n_pub = len(pub) if pub_idx is None else len(pub_idx)
+        n_priv = len(priv) if priv_idx is None else len(priv_idx)
+        write_json(args.out_summary, {"public": n_pub, "private": n_priv,
                                       "shape": list(pub.shape[1:]), "source": cfg["source"]})
-        log.info("wrote %d public -> %s, %d private -> %s", len(pub), args.out_public,
-                 len(priv), args.out_private)
+        log.info("wrote %d public -> %s, %d private -> %s", n_pub, args.out_public,
+                 n_priv, args.out_private)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,13 @@ def main():
     import numpy as np
 
     from dpdeepsets import privacy
+    from dpdeepsets.data import load_embeddings
 
     index = int(args.pset.lstrip("p"))
     members = np.load(args.sets)["members"]
     if not 0 <= index < len(members):
         raise ValueError(f"private set {args.pset} does not exist ({len(members)} sets)")
-    x = np.load(args.embeddings)[members[index]]
+    x = load_embeddings(args.embeddings)[members[index]]  # refuses NaN/Inf, names the file
     eps = parse_epsilon(args.epsilon)
     # Seeded research noise: a distinct stream per (set, epsilon, seed) cell.
     cell = f"{args.pset}/{format_epsilon(eps)}/{args.seed}"
