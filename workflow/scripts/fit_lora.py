@@ -25,7 +25,7 @@ def main():
     device = pick_device()
     unet, scheduler = diffusion.load_base(args.base)
     unet.to(device)
-    images, _ = data.load_split(args.public)
+    images, _ = data.load_split(args.public, mmap=True)  # reads only this shard's subsets
     members = np.load(args.subsets)["members"]
     lo, hi = args.shard * cfg["shard_size"], min((args.shard + 1) * cfg["shard_size"], len(members))
     if lo >= hi:
