@@ -78,6 +78,24 @@ def ledger_table(release_files, delta: float) -> pd.DataFrame:
     return df[cols].sort_values(["pset", "method", "epsilon", "seed"]).reset_index(drop=True)
 
 
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std of FID/KID per (method, epsilon) over private sets and seeds, and each
+    method's FID margin over DP-DeepSets at the same epsilon (positive = DP-DeepSets better).
+
+    Methods without a privacy parameter (base, and every epsilon = inf row) are compared
+    with nothing (margin NaN), except dpdeepsets' own inf row against nonprivate's.
+    """
+    g = df.groupby(["method", "epsilon"])
+    out = g.agg(n_cells=("fid", "size"), fid_mean=("fid", "mean"), fid_std=("fid", "std"),
+                kid_mean=("kid", "mean"), kid_std=("kid", "std")).reset_index()
+    ours = out[out["method"] == "dpdeepsets"].set_index("epsilon")["fid_mean"]
+    out["fid_minus_dpdeepsets"] = [
+        (row.fid_mean - ours[row.epsilon]) if (row.method not in ("dpdeepsets", "base")
+                                               and row.epsilon in ours.index) else math.nan
+        for row in out.itertuples()]
+    return out.sort_values(["epsilon", "method"]).reset_index(drop=True)
+
+
 def write_csv(path, df: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
@@ -118,7 +136,8 @@ def plot_fid_vs_epsilon(path, df: pd.DataFrame, metric: str = "fid") -> None:
     plt.close(fig)
 
 
-def sample_figure(path, rows: list[tuple[str, list[tuple[str, np.ndarray]]]], per_cell: int = 4) -> None:
+def sample_figure(path, rows: list[tuple[str, list[tuple[str, np.ndarray]]]], per_cell: int = 4,
+                  title: str | None = None) -> None:
     """Rows = private sets, columns = (label, samples) cells; ``per_cell`` x ``per_cell`` each."""
     import matplotlib
 
@@ -143,6 +162,8 @@ def sample_figure(path, rows: list[tuple[str, list[tuple[str, np.ndarray]]]], pe
                 ax.set_title(label, fontsize=8)
         axes[r][0].text(-0.1, 0.5, row_label, transform=axes[r][0].transAxes, ha="right",
                         va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

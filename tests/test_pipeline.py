@@ -14,30 +14,31 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def snakemake(*args, results):
-    cmd = [*SNAKEMAKE, "--configfile", "config/test.yaml", "--config", f"results_dir={results}",
-           *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+# tiny_run (tests/conftest.py): the tiny config run locally once per session.
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    results = tmp_path_factory.mktemp("pipeline") / "results"
-    proc = snakemake("--cores", "2", results=results)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return results
+EXPECTED_EPS = {"dpdeepsets": ["1.0", "16.0", "inf"], "dpsgd": ["1.0", "16.0"],
+                "public_ft_dpsgd": ["1.0", "16.0"], "pda_dpmd": ["1.0", "16.0"],
+                "nonprivate": ["inf"], "base": ["inf"]}
 
 
 @pytest.mark.slow
 def test_metrics_complete_and_finite(tiny_run):
+    """Every (method, private set, epsilon, seed) cell of the tiny config has one finite row."""
     df = pd.read_csv(tiny_run / "metrics.csv")
-    cfg_eps = ["1.0", "16.0", "inf"]
-    for pset in ["p0", "p1"]:
-        got = sorted(df[(df.method == "dpdeepsets") & (df.pset == pset)].epsilon.astype(str))
-        assert sorted(got) == sorted(cfg_eps)
-        assert ((df.method == "base") & (df.pset == pset)).sum() == 1
+    assert set(df.method) == set(EXPECTED_EPS)
+    for method, eps in EXPECTED_EPS.items():
+        for pset in ["p0", "p1"]:
+            got = df[(df.method == method) & (df.pset == pset) & (df.seed == 0)].epsilon.astype(str)
+            assert sorted(got) == sorted(eps), (method, pset)
+    assert len(df) == 2 * sum(len(e) for e in EXPECTED_EPS.values())
     assert np.isfinite(df[["fid", "kid"]].to_numpy()).all()
     assert (df.n_samples == 16).all() and (df.n_reference == 24).all()
+    summary = pd.read_csv(tiny_run / "summary.csv")
+    one = summary[(summary.method == "dpsgd") & (summary.epsilon == 1.0)].iloc[0]
+    ours = df[(df.method == "dpdeepsets") & (df.epsilon == 1.0)].fid.mean()
+    assert one.n_cells == 2
+    assert one.fid_minus_dpdeepsets == pytest.approx(df[(df.method == "dpsgd") & (df.epsilon == 1.0)].fid.mean() - ours)
 
 
 @pytest.mark.slow
@@ -45,18 +46,34 @@ def test_ledger_sigmas_match_calibration(tiny_run):
     from dpdeepsets import privacy
 
     ledger = pd.read_csv(tiny_run / "privacy_ledger.csv")
-    assert len(ledger) == 6
-    for _, r in ledger.iterrows():
+    ours = ledger[ledger.method == "dpdeepsets"]
+    assert len(ours) == 6
+    for _, r in ours.iterrows():
         sens = privacy.clipped_mean_sensitivity(24, 1.0, "replace_one")
         assert r.sensitivity == pytest.approx(sens)
         eps = float(r.epsilon)
         expect = 0.0 if math.isinf(eps) else privacy.analytic_gaussian_sigma(eps, 1e-5, sens)
         assert r.sigma == pytest.approx(expect, rel=1e-12)
-    for pset, g in ledger.groupby("pset"):
+    for pset, g in ours.groupby("pset"):
         private = g[g.private.astype(bool)]
         mu = math.sqrt(sum((private.sensitivity / private.sigma) ** 2))
         assert g.composed_mu.iloc[0] == pytest.approx(mu)
         assert g.composed_epsilon.iloc[0] >= private.epsilon.astype(float).max()
+
+
+@pytest.mark.slow
+def test_every_dpsgd_run_is_accounted_within_its_target(tiny_run):
+    """Each DP-SGD-family fit's ledger row carries opacus' accountant numbers, eps <= target."""
+    ledger = pd.read_csv(tiny_run / "privacy_ledger.csv")
+    dp = ledger[ledger.method.isin(["dpsgd", "public_ft_dpsgd", "pda_dpmd"])]
+    assert len(dp) == 3 * 2 * 2
+    assert (dp.accounted_epsilon <= dp.epsilon.astype(float) + 1e-9).all()
+    assert (dp.accounted_epsilon > 0.5 * dp.epsilon.astype(float)).all()  # calibrated, not wasted
+    assert (dp.noise_multiplier > 0).all() and (dp.steps > 0).all()
+    assert ((dp.sample_rate > 0) & (dp.sample_rate <= 1)).all()
+    assert dp.private.astype(bool).all()
+    nonpriv = ledger[ledger.method == "nonprivate"]
+    assert len(nonpriv) == 2 and not nonpriv.private.astype(bool).any()
 
 
 @pytest.mark.slow
@@ -81,7 +98,7 @@ def test_artifacts_load(tiny_run):
     again = diffusion.tensor_to_images(x)
     saved, _ = load_split(tiny_run / "samples/dpdeepsets/p0/eps16_seed0.npz")
     assert np.abs(again.astype(int) - saved.astype(int)).max() <= 1
-    for png in ["fid_vs_epsilon.png", "kid_vs_epsilon.png", "samples.png"]:
+    for png in ["fid_vs_epsilon.png", "kid_vs_epsilon.png", "samples.png", "samples_vs_epsilon.png"]:
         assert (tiny_run / png).stat().st_size > 1000
     assert torch.load(tiny_run / "hypernet/hypernet.pt", weights_only=False)["hparams"]["emb_dim"] == 8
 

@@ -35,6 +35,14 @@ THREADS = config["threads"]
 THREADS_HEAVY = config["threads_heavy"]
 
 
+def stage_resources(stage):
+    """A rule's `resources:` from its stage class in config `resources` (see the schema).
+
+    cpus_per_task = null is left out, so the SLURM executor asks for the rule's threads.
+    """
+    return {k: v for k, v in config["resources"][stage].items() if v is not None}
+
+
 def _fail(msg):
     raise ValueError(f"config error: {msg}")
 
@@ -147,10 +155,15 @@ SAMPLE_FILES = sorted({sample_path(m, p, e, s) for m, p, e, s in cells()})
 # The released sample figure shows DP samples (and the base model) only: the epsilon = inf
 # cells (dpdeepsets without noise, nonprivate) are non-private references and stay out of
 # anything public-facing.
+FIGURE_EPSILON = eps_name(config["evaluation"]["figure_epsilon"])
+if set(METHODS) & {"dpdeepsets", *DPSGD_METHODS} and FIGURE_EPSILON not in FINITE_EPSILONS:
+    _fail(f"evaluation.figure_epsilon {FIGURE_EPSILON} is not in privacy.epsilons {FINITE_EPSILONS}")
+# Released figures: DP cells only (never epsilon = inf or nonprivate), plus the base model.
 FIGURE_SAMPLE_FILES = sorted({sample_path(m, p, e, s) for m, p, e, s in cells()
-                              if not (m != "base" and e == "inf")})
-REPORT_OUTPUTS = [f"{R}/metrics.csv", f"{R}/privacy_ledger.csv", f"{R}/fid_vs_epsilon.png",
-                  f"{R}/kid_vs_epsilon.png", f"{R}/samples.png"]
+                              if m == "base" or (e != "inf" and (m == "dpdeepsets" or e == FIGURE_EPSILON))})
+REPORT_OUTPUTS = [f"{R}/metrics.csv", f"{R}/summary.csv", f"{R}/privacy_ledger.csv",
+                  f"{R}/fid_vs_epsilon.png", f"{R}/kid_vs_epsilon.png", f"{R}/samples.png",
+                  f"{R}/samples_vs_epsilon.png"]
 
 
 wildcard_constraints:

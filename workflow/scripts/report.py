@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""report: results/metrics.csv, the privacy ledger and the FID/KID-vs-epsilon plots.
+"""report: results/metrics.csv, the per-method summary, the privacy ledger and the FID/KID-vs-epsilon plots.
 
 EVALUATION OUTPUT: the metrics are scores against the private sets (not a DP release).
 """
@@ -15,6 +15,7 @@ def main():
     p.add_argument("--metrics", nargs="+", required=True, help="per-cell metrics .json files")
     p.add_argument("--releases", nargs="+", required=True, help="release .json files (and baseline ledger .json files)")
     p.add_argument("--out-metrics", required=True)
+    p.add_argument("--out-summary", required=True, help="per (method, epsilon) mean/std .csv")
     p.add_argument("--out-ledger", required=True)
     p.add_argument("--out-fid-plot", required=True)
     p.add_argument("--out-kid-plot", required=True)
@@ -30,7 +31,8 @@ def main():
     report.plot_fid_vs_epsilon(args.out_fid_plot, df, "fid")
     report.plot_fid_vs_epsilon(args.out_kid_plot, df, "kid")
 
-    summary = df.groupby(["method", "epsilon"])[["fid", "kid"]].mean()
+    summary = report.summary_table(df)
+    report.write_csv(args.out_summary, summary)
     log.info("mean over sets and seeds:\n%s", summary.to_string())
     log.info("wrote %s, %s and figures", args.out_metrics, args.out_ledger)
 
