@@ -1,5 +1,26 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The tiny config run locally (--cores 2) once per session; its results directory.
+
+    Shared by tests/test_pipeline.py (artifact checks) and tests/test_slurm.py (the same
+    config through SLURM must give the same artifacts). Tests must not modify it.
+    """
+    results = tmp_path_factory.mktemp("pipeline") / "results"
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/test.yaml",
+           "--config", f"results_dir={results}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return results
 
 
 @pytest.fixture(scope="session")
