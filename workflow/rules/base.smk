@@ -8,7 +8,7 @@ rule pretrain_base:
         settings=settings("base", "data"),
     threads: THREADS_HEAVY
     resources:
-        gpu=1,
+        **stage_resources("gpu_train"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:

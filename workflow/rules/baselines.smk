@@ -13,7 +13,7 @@ rule fit_public_lora:
         settings=settings("baselines", "lora", "privacy"),
     threads: THREADS_HEAVY
     resources:
-        gpu=1,
+        **stage_resources("gpu_train"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:
@@ -42,7 +42,7 @@ rule fit_baseline:
         flags=baseline_flags,
     threads: THREADS_HEAVY
     resources:
-        gpu=1,
+        **stage_resources("gpu_train"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:

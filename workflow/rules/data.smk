@@ -6,6 +6,8 @@ rule prepare_data:
         summary=f"{R}/data/summary.json",
     params:
         settings=settings("data"),
+    resources:
+        **stage_resources("light"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:

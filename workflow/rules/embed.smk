@@ -7,6 +7,8 @@ rule fit_embedder:
     params:
         settings=settings("embedder"),
     threads: THREADS
+    resources:
+        **stage_resources("encoder"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:
@@ -28,6 +30,8 @@ rule embed:
     params:
         settings=settings("embedder"),
     threads: THREADS
+    resources:
+        **stage_resources("encoder"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:

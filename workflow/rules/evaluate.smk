@@ -8,6 +8,8 @@ rule reference_features:
     params:
         settings=settings("evaluation"),
     threads: THREADS
+    resources:
+        **stage_resources("encoder"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:
@@ -30,6 +32,8 @@ rule evaluate:
     params:
         settings=settings("evaluation"),
     threads: THREADS
+    resources:
+        **stage_resources("encoder"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:

@@ -10,6 +10,8 @@ rule train_hypernet:
     params:
         settings=settings("hypernet", "privacy", "subsets", "lora"),
     threads: THREADS_HEAVY
+    resources:
+        **stage_resources("cpu_train"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:

@@ -10,7 +10,7 @@ rule fit_lora:
         settings=settings("lora"),
     threads: THREADS_HEAVY
     resources:
-        gpu=1,
+        **stage_resources("gpu_train"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:
@@ -29,6 +29,8 @@ rule gather_loras:
         expand(f"{R}/lora/shards/{{shard}}.safetensors", shard=range(N_SHARDS)),
     output:
         f"{R}/lora/public_loras.safetensors",
+    resources:
+        **stage_resources("light"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:

@@ -7,6 +7,8 @@ rule release_embedding:
         f"{R}/release/{{pset}}/eps{{eps}}_seed{{seed}}.json",
     params:
         settings=settings("privacy"),
+    resources:
+        **stage_resources("light"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:
@@ -26,6 +28,8 @@ rule generate_lora:
         hypernet=f"{R}/hypernet/hypernet.pt",
     output:
         directory(f"{R}/adapters/dpdeepsets/{{pset}}/eps{{eps}}_seed{{seed}}"),
+    resources:
+        **stage_resources("light"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:

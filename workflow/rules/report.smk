@@ -12,6 +12,8 @@ rule report:
         kid=report(f"{R}/kid_vs_epsilon.png", category="Results"),
     params:
         settings=settings("privacy"),
+    resources:
+        **stage_resources("light"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:

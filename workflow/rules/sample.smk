@@ -11,7 +11,7 @@ rule sample:
         adapter=lambda wc, input: f"--adapter {input.adapter}" if "adapter" in input.keys() else "",
     threads: THREADS
     resources:
-        gpu=1,
+        **stage_resources("sampling"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:

@@ -6,6 +6,8 @@ rule build_subsets:
         f"{R}/subsets/{{pool}}.npz",
     params:
         settings=settings("subsets"),
+    resources:
+        **stage_resources("light"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:

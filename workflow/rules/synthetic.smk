@@ -28,6 +28,8 @@ rule synthetic_experiment:
     # Single-threaded on purpose: the work is thousands of tiny torch/BLAS calls, and extra
     # threads only add synchronisation (2 threads ran ~15x slower on a busy 2-core machine).
     threads: 1
+    resources:
+        **stage_resources("cpu_train"),
     conda:
         "../../envs/dpdeepsets.yaml"
     log:
