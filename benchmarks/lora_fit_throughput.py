@@ -14,6 +14,9 @@ weights: throughput does not depend on them), subset size and LoRA settings:
     batch (S x b): the compute a batched step cannot avoid.
 Each is converted to LoRA fits per hour (a fit = ``lora.steps`` steps of ``lora.batch_size``
 examples). Ratios (b)/(a) and (b)/(c) are printed; they are what to compare across machines.
+(c)/(a) is printed too: no batched fitter can beat the limit, so it bounds (b)/(a) on the
+device. ``--profile`` adds torch.profiler's top operators of one (a) step and one (b) step
+(where the time goes).
 """
 
 import argparse
@@ -41,6 +44,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--shard-size", type=int, default=None, help="override lora.shard_size (S)")
     p.add_argument("--reps", type=int, default=3, help="timed steps per measurement")
+    p.add_argument("--profile", action="store_true", help="print the top operators of one (a) and one (b) step")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from peft import LoraConfig, inject_adapter_in_model
@@ -127,7 +131,20 @@ def main():
     print(f"(a) sequential peft loop : {1 / t_a * bs:8.1f} examples/s  -> {fph_a:9.1f} fits/hour")
     print(f"(b) batched fitter       : {s / t_b * bs:8.1f} examples/s  -> {fph_b:9.1f} fits/hour")
     print(f"(c) limit (plain, S x b) : {s / t_c * bs:8.1f} examples/s  -> {fph_c:9.1f} fits/hour")
-    print(f"(b)/(a) = {fph_b / fph_a:.2f}    (b)/(c) = {fph_b / fph_c:.2f}")
+    print(f"(b)/(a) = {fph_b / fph_a:.2f}    (b)/(c) = {fph_b / fph_c:.2f}    "
+          f"(c)/(a) = {fph_c / fph_a:.2f} (the most any batched fitter can gain here)")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        def one_batched_step():
+            lora.fit_loras(wrapped, sched, layers, targets, subsets, list(range(s)), rank=r,
+                           steps=1, batch_size=bs, lr=lc["lr"], seed=0, device=dev)
+
+        for label, fn in [("(a) one peft step", peft_step), ("(b) one batched step", one_batched_step)]:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fn()
+            print(f"-- {label}: top operators by self CPU time")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
 
 
 if __name__ == "__main__":
