@@ -13,7 +13,7 @@ mkdir -p "$(dirname "$LOG")"
 {
   echo "# $(date -u +%FT%TZ)  $(nproc) cores  load: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "== LoRA-fit throughput (default config, S = lora.shard_size, 2 threads)"
-  "$PY" benchmarks/lora_fit_throughput.py --device cpu --threads 2
+  "$PY" benchmarks/lora_fit_throughput.py --device cpu --threads 2 --profile
   echo "== DP-SGD step vs non-private step (1 thread)"
   "$PY" benchmarks/dpsgd_step.py --threads 1
   echo "== compute on one private set: DP-DeepSets vs DP-SGD (1 thread)"
