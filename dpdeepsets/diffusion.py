@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
+from .checkpoint import Checkpointer, config_settings, module_digest, tensor_digest
 from .io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,14 @@ def draw_noise(x0: torch.Tensor, num_train_timesteps: int, generator: torch.Gene
 
 def train_base(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch.Tensor, *, steps: int,
                batch_size: int, lr: float, ema_decay: float, seed: int,
-               warmup_steps: int = 100, device: torch.device | str = "cpu") -> UNet2DModel:
-    """Train the UNet on public images (float NCHW in [-1,1]); returns the EMA weights."""
+               warmup_steps: int = 100, device: torch.device | str = "cpu",
+               checkpoint: Checkpointer | None = None) -> UNet2DModel:
+    """Train the UNet on public images (float NCHW in [-1,1]); returns the EMA weights.
+
+    With ``checkpoint``, the full loop state is saved every ``checkpoint.every`` steps and a
+    matching saved state is resumed from (same result as an uninterrupted run); the caller
+    clears it once the model is saved.
+    """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     unet.to(device)
@@ -72,10 +79,29 @@ def train_base(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch.Tensor
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup_steps)
         * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)) * 0.9 + 0.1)
+    start, running = 0, None
+    if checkpoint is not None:
+        checkpoint.bind("pretrain_base", {
+            "steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+            "seed": seed, "warmup_steps": warmup_steps,
+            "scheduler": config_settings(scheduler.config),
+            "images": tensor_digest(images), "init": module_digest(unet)})
+        state = checkpoint.load()
+        if state is not None:
+            unet.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["lr_schedule"])
+            gen.set_state(state["generator"])
+            start, running = state["step"], state["running"]
+
+    def loop_state():
+        return {"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                "lr_schedule": sched.state_dict(), "generator": gen.get_state(), "running": running}
+
     unet.train()
     n = images.shape[0]
-    bar = tqdm(range(steps), desc="pretrain_base", mininterval=5)
-    running = None
+    bar = tqdm(range(start, steps), desc="pretrain_base", mininterval=5, initial=start, total=steps)
     for step in bar:
         idx = torch.randint(0, n, (batch_size,), generator=gen)
         x0 = images[idx.to(images.device)]
@@ -95,6 +121,8 @@ def train_base(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch.Tensor
         if step % 100 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{running:.4f}")
             log.info("step %d/%d loss(ema) %.4f", step + 1, steps, running)
+        if checkpoint is not None:
+            checkpoint.step_done(step, steps, loop_state)
     return ema.cpu()
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .checkpoint import Checkpointer, module_digest, tensor_digest
 from .lora import Target
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class HyperNet(nn.Module):
 def train_hypernet(net: HyperNet, clipped_embeddings: np.ndarray, members: np.ndarray,
                    bank: dict[str, torch.Tensor], train_sigmas: list[float], *, steps: int,
                    batch_size: int, lr: float, weight_decay: float, subsample_fraction: float,
-                   seed: int) -> list[float]:
+                   seed: int, checkpoint: Checkpointer | None = None) -> list[float]:
     """Noise-aware regression of the public LoRA bank; returns the loss curve.
 
     ``clipped_embeddings`` are public embeddings already clipped to C (by the privacy
@@ -101,7 +102,9 @@ def train_hypernet(net: HyperNet, clipped_embeddings: np.ndarray, members: np.nd
     the LoRA fitted to subset m. Every step draws subsets, a random sub-bag of each subset
     (so the net sees the sampling spread of a mean, not one fixed point), a sigma from
     ``train_sigmas`` (the release sigmas of the epsilon grid, and 0), and Gaussian noise of
-    that sigma, exactly as the release will add it.
+    that sigma, exactly as the release will add it. With ``checkpoint``, the net, optimizer,
+    schedule, generator and loss curve are saved every ``checkpoint.every`` steps and a
+    matching saved state is resumed from.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -113,8 +116,27 @@ def train_hypernet(net: HyperNet, clipped_embeddings: np.ndarray, members: np.nd
     bag = max(2, int(round(subsample_fraction * k)))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.05)
-    curve = []
-    bar = tqdm(range(steps), desc="train_hypernet", mininterval=5)
+    start, curve = 0, []
+    if checkpoint is not None:
+        checkpoint.bind("train_hypernet", {
+            "steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+            "subsample_fraction": subsample_fraction, "seed": seed,
+            "sigmas": tensor_digest(sigmas), "embeddings": tensor_digest(emb, members),
+            "bank": tensor_digest(*(bank[n] for n in net.names)), "init": module_digest(net)})
+        state = checkpoint.load()
+        if state is not None:
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["lr_schedule"])
+            gen.set_state(state["generator"])
+            start, curve = state["step"], list(state["curve"])
+
+    def loop_state():
+        return {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                "lr_schedule": sched.state_dict(), "generator": gen.get_state(), "curve": curve}
+
+    bar = tqdm(range(start, steps), desc="train_hypernet", mininterval=5, initial=start,
+               total=steps)
     for step in bar:
         idx = torch.randint(0, m, (batch_size,), generator=gen)
         pick = torch.rand(batch_size, k, generator=gen).argsort(1)[:, :bag]
@@ -134,6 +156,8 @@ def train_hypernet(net: HyperNet, clipped_embeddings: np.ndarray, members: np.nd
             recent = float(np.mean(curve[-200:]))
             bar.set_postfix(loss=f"{recent:.4f}")
             log.info("step %d/%d loss %.4f", step + 1, steps, recent)
+        if checkpoint is not None:
+            checkpoint.step_done(step, steps, loop_state)
     return curve
 
 

@@ -58,6 +58,22 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def exit_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM (Snakemake, SLURM, ``kill``) into ``SystemExit(143)``.
+
+    Python's default SIGTERM action ends the process without unwinding, which would leave
+    the temporary files of :func:`atomic_path` / :func:`atomic_dir` behind; raising instead
+    runs their cleanup, so a terminated job leaves neither an output nor a temp file.
+    (SIGKILL cannot be caught: then only the temp + rename scheme protects the output.)
+    """
+    import signal
+
+    def _terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
+
+
 def _json_safe(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return "inf" if obj > 0 else ("-inf" if obj < 0 else "nan")

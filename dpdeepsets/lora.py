@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .checkpoint import Checkpointer, config_settings, module_digest, tensor_digest
 from .io import atomic_dir, atomic_path
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,8 @@ def set_b(layers: dict[str, LoRALayer], b: dict[str, torch.Tensor] | None) -> No
 def fit_loras(unet, scheduler, layers: dict[str, LoRALayer], targets: list[Target],
               subsets: list[torch.Tensor], subset_ids: list[int], *, rank: int, steps: int,
               batch_size: int, lr: float, seed: int, desc: str = "fit_lora",
-              device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+              device: torch.device | str = "cpu",
+              checkpoint: Checkpointer | None = None) -> dict[str, torch.Tensor]:
     """Fit one ``B`` per subset, all subsets in one stacked pass; returns ``{name: [S,out,r]}``.
 
     Each subset draws its minibatches, timesteps and noise from its own generator seeded by
@@ -165,6 +167,8 @@ def fit_loras(unet, scheduler, layers: dict[str, LoRALayer], targets: list[Targe
     ``s`` alone; with Adam's element-wise state the fit is the same as one at a time.
     Random draws come from CPU generators (device-independent); tensors then move to
     ``device`` (the UNet, its LoRA layers and ``subsets`` must already be there).
+    With ``checkpoint``, B, the Adam state and every subset's generator are saved every
+    ``checkpoint.every`` steps and a matching saved state is resumed from.
     """
     from .diffusion import denoising_loss, draw_noise
 
@@ -173,10 +177,33 @@ def fit_loras(unet, scheduler, layers: dict[str, LoRALayer], targets: list[Targe
               for t in targets}
     opt = torch.optim.Adam(params.values(), lr=lr)
     gens = [torch.Generator().manual_seed(seed * 1_000_003 + int(i)) for i in subset_ids]
+    start = 0
+    if checkpoint is not None:
+        checkpoint.bind("fit_loras", {
+            "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "rank": rank,
+            "subset_ids": [int(i) for i in subset_ids], "targets": [repr(t) for t in targets],
+            "scaling": sorted({float(layer.scaling) for layer in layers.values()}),
+            "basis": tensor_digest(*(layers[t.name].lora_a for t in targets)),
+            "scheduler": config_settings(scheduler.config), "unet": module_digest(unet),
+            "subsets": tensor_digest(*subsets)})
+        state = checkpoint.load()
+        if state is not None:
+            with torch.no_grad():
+                for k, v in params.items():
+                    v.copy_(state["b"][k])
+            opt.load_state_dict(state["optimizer"])
+            for g, g_state in zip(gens, state["generators"]):
+                g.set_state(g_state)
+            start = state["step"]
+
+    def loop_state():
+        return {"b": {k: v.detach().cpu() for k, v in params.items()},
+                "optimizer": opt.state_dict(), "generators": [g.get_state() for g in gens]}
+
     set_b(layers, params)
     t_max = scheduler.config.num_train_timesteps
     try:
-        for _ in tqdm(range(steps), desc=desc, mininterval=5):
+        for step in tqdm(range(start, steps), desc=desc, mininterval=5, initial=start, total=steps):
             xs, ts, ns = [], [], []
             for x, g in zip(subsets, gens):
                 idx = torch.randint(0, x.shape[0], (batch_size,), generator=g)
@@ -189,6 +216,8 @@ def fit_loras(unet, scheduler, layers: dict[str, LoRALayer], targets: list[Targe
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if checkpoint is not None:
+                checkpoint.step_done(step, steps, loop_state)
     finally:
         set_b(layers, None)
     return {k: v.detach().cpu() for k, v in params.items()}

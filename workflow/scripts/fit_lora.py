@@ -14,6 +14,8 @@ def main():
     p.add_argument("--subsets", required=True, help="public subsets .npz")
     p.add_argument("--shard", type=int, required=True, help="shard index (0-based)")
     p.add_argument("--out", required=True, help="LoRA bank .safetensors for this shard")
+    p.add_argument("--checkpoint-dir", help="work directory of periodic checkpoints "
+                                            "(default: <out>.ckpt beside the output)")
     args = p.parse_args()
     cfg = cli.read_settings(args, SECTIONS)["lora"]
     log = setup_logging("fit_lora")
@@ -21,6 +23,7 @@ def main():
     import numpy as np
 
     from dpdeepsets import data, diffusion, lora
+    from dpdeepsets.checkpoint import Checkpointer
 
     device = pick_device()
     unet, scheduler = diffusion.load_base(args.base)
@@ -39,13 +42,15 @@ def main():
     subsets = [diffusion.images_to_tensor(images[members[i]]).to(device) for i in ids]
     log.info("shard %d: subsets %d..%d, %d target modules, %d B parameters per LoRA",
              args.shard, lo, hi - 1, len(targets), sum(t.out_features * cfg["rank"] for t in targets))
+    ckpt = Checkpointer.for_output(args.out, cfg["checkpoint_every"], args.checkpoint_dir)
     with Stopwatch(log, f"fitting {len(ids)} LoRAs"):
         b = lora.fit_loras(unet, scheduler, layers, targets, subsets, ids, rank=cfg["rank"],
                            steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                            seed=cfg["seed"], desc=f"fit_lora shard {args.shard}",
-                           device=device)
+                           device=device, checkpoint=ckpt)
     lora.save_lora_bank(args.out, b, basis, ids, {"rank": cfg["rank"], "alpha": cfg["alpha"]})
     log.info("wrote %s", args.out)
+    ckpt.clear()
 
 
 if __name__ == "__main__":

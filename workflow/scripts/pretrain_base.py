@@ -11,12 +11,17 @@ def main():
     p = cli.make_parser(__doc__, SECTIONS)
     p.add_argument("--public", required=True, help="public pool .npz")
     p.add_argument("--out", required=True, help="output diffusers DDPMPipeline directory")
+    p.add_argument("--checkpoint-dir", help="work directory of periodic checkpoints "
+                                            "(default: <out>.ckpt beside the output)")
     args = p.parse_args()
     cfg = cli.read_settings(args, SECTIONS)
     b = cfg["base"]
     log = setup_logging("pretrain_base")
     set_threads(args.threads)
+    import torch
+
     from dpdeepsets import data, diffusion
+    from dpdeepsets.checkpoint import Checkpointer
 
     images, _ = data.load_split(args.public)
     with Stopwatch(log, "pretrain_base"):
@@ -32,6 +37,8 @@ def main():
                     f"data.image_size is {images.shape[1]}")
             log.info("imported pretrained base from %s", b["pretrained_dir"])
         else:
+            ckpt = Checkpointer.for_output(args.out, b["checkpoint_every"], args.checkpoint_dir)
+            torch.manual_seed(b["seed"])  # the initial weights depend on the seed alone
             unet = diffusion.build_unet(
                 image_size=images.shape[1], channels=images.shape[-1],
                 block_out_channels=b["block_out_channels"], layers_per_block=b["layers_per_block"],
@@ -43,9 +50,11 @@ def main():
             unet = diffusion.train_base(unet, scheduler, diffusion.images_to_tensor(images),
                                         steps=b["train_steps"], batch_size=b["batch_size"],
                                         lr=b["lr"], ema_decay=b["ema_decay"], seed=b["seed"],
-                                        device=pick_device())
+                                        device=pick_device(), checkpoint=ckpt)
         diffusion.save_base(args.out, unet, scheduler)
         log.info("wrote %s", args.out)
+        if not b["pretrained_dir"]:
+            ckpt.clear()
 
 
 if __name__ == "__main__":
