@@ -96,7 +96,7 @@ CONFIG_CASES = [
     ("missing clip weights", "embedder: {backend: open_clip, clip_weights: /nonexistent/clip.bin}\n",
      ["embedder.clip_weights", "/nonexistent/clip.bin"]),
     ("missing pretrained base", "base: {pretrained_dir: /nonexistent/unet}\n",
-     ["base.pretrained_dir", "/nonexistent/unet", "does not exist"]),
+     ["base.pretrained_dir", "/nonexistent/unet", "or set it to null to pretrain"]),
     ("missing data file", "data: {source: {kind: npz, path: /nonexistent/pool.npz}}\n",
      ["data.source.path", "/nonexistent/pool.npz"]),
 ]
