@@ -1,8 +1,6 @@
 #!/usr/bin/env python
 """evaluate: FID and KID of one cell's samples against its private set (clean-fid, pool3)."""
 
-import time
-
 from dpdeepsets import cli
 from dpdeepsets.io import pick_device, set_threads, setup_logging, write_json
 
@@ -27,14 +25,13 @@ def main():
     from dpdeepsets.data import load_split
     from dpdeepsets.metrics import InceptionFeatures, fid_from_features, kid_from_features
 
-    t0 = time.perf_counter()
     samples, _ = load_split(args.samples)
     ref = np.load(args.reference)["features"]
     feats = InceptionFeatures(device=pick_device(), batch_size=ev["batch_size"])(samples)
     row = {"method": args.method, "pset": args.pset, "epsilon": args.epsilon, "seed": args.seed,
            "fid": fid_from_features(feats, ref), "kid": kid_from_features(feats, ref),
-           "n_samples": len(samples), "n_reference": len(ref),
-           "eval_seconds": time.perf_counter() - t0}
+           # No timing here: metrics must be reproducible; the job's time is in its benchmark.
+           "n_samples": len(samples), "n_reference": len(ref)}
     if not (np.isfinite(row["fid"]) and np.isfinite(row["kid"])):
         raise ValueError(f"non-finite metric for {args.samples}: {row}")
     write_json(args.out, row)
