@@ -17,5 +17,5 @@ mkdir -p "$(dirname "$LOG")"
   echo "== DP-SGD step vs non-private step (1 thread)"
   "$PY" benchmarks/dpsgd_step.py --threads 1
   echo "== compute on one private set: DP-DeepSets vs DP-SGD (1 thread)"
-  "$PY" benchmarks/private_cost.py --threads 1
+  "$PY" benchmarks/private_cost.py --threads 1 2>/dev/null  # the encoder draws its own progress bar
 } 2>&1 | tee "$LOG"
