@@ -8,6 +8,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _run_tiny_config(results: Path) -> Path:
+    """Run the tiny config locally (--cores 2) into ``results``; return it."""
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/test.yaml",
+           "--config", f"results_dir={results}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return results
+
+
+@pytest.fixture(scope="session")
+def run_tiny_config():
+    """The function that runs the tiny config into a given results directory."""
+    return _run_tiny_config
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """The tiny config run locally (--cores 2) once per session; its results directory.
@@ -15,12 +30,7 @@ def tiny_run(tmp_path_factory):
     Shared by tests/test_pipeline.py (artifact checks) and tests/test_slurm.py (the same
     config through SLURM must give the same artifacts). Tests must not modify it.
     """
-    results = tmp_path_factory.mktemp("pipeline") / "results"
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/test.yaml",
-           "--config", f"results_dir={results}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return results
+    return _run_tiny_config(tmp_path_factory.mktemp("pipeline") / "results")
 
 
 @pytest.fixture(scope="session")

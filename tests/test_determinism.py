@@ -6,25 +6,16 @@ second. Releases, adapters and the hypernetwork are compared too, so a failure n
 first stage that diverged.
 """
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def second_run(tmp_path_factory):
-    results = tmp_path_factory.mktemp("determinism") / "results"
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/test.yaml",
-           "--config", f"results_dir={results}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return results
+def second_run(tmp_path_factory, run_tiny_config):
+    return run_tiny_config(tmp_path_factory.mktemp("determinism") / "results")
 
 
 def _content(path: Path):
