@@ -35,7 +35,7 @@ rule sample_figure:
         methods=report(f"{R}/samples.png", category="Results"),
         sweep=report(f"{R}/samples_vs_epsilon.png", category="Results"),
     params:
-        eps=eps_name(config["evaluation"]["figure_epsilon"]),
+        eps=FIGURE_EPSILON,
     resources:
         **stage_resources("light"),
     conda:

@@ -47,6 +47,7 @@ def main():
     if not psets:
         raise ValueError("no private-set samples among --samples")
     base = [c for c in cells if c["method"] == "base"]
+    base_cell = [("base (no LoRA)", load_split(base[0]["path"])[0])] if base else []
     fig_eps = parse_epsilon(args.epsilon)
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
 
@@ -55,8 +56,7 @@ def main():
         for pset in psets:
             mine = sorted((c for c in cells if c["pset"] == pset and select(c)),
                           key=lambda c: (rank.get(c["method"], len(rank)), c["method"], c["epsilon"]))
-            row = [("base (no LoRA)", load_split(base[0]["path"])[0])] if base else []
-            row += [(label(c), load_split(c["path"])[0]) for c in mine]
+            row = base_cell + [(label(c), load_split(c["path"])[0]) for c in mine]
             rows.append((pset, row))
         return rows
 
