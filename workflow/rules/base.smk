@@ -6,7 +6,7 @@ rule pretrain_base:
         directory(f"{R}/base"),
     params:
         settings=settings("base", "data"),
-    threads: THREADS_HEAVY
+    threads: THREADS_BASE
     resources:
         **stage_resources("gpu_train"),
     conda:

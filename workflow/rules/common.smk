@@ -33,6 +33,12 @@ shell.prefix(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH
 R = config["results_dir"]
 THREADS = config["threads"]
 THREADS_HEAVY = config["threads_heavy"]
+THREADS_BASE = config["threads_base"]
+# The DP-DeepSets chain (embedder -> k-NN subsets -> public LoRAs -> hypernetwork -> releases)
+# is the critical path: among ready jobs Snakemake starts it before the baselines and the
+# sampling that can fill the gaps (a rule's priority does not pass to its inputs' rules, so
+# every rule of the chain carries it).
+PRIORITY_CRITICAL = 10
 
 
 def stage_resources(stage):
@@ -123,6 +129,19 @@ N_SHARDS = math.ceil(config["subsets"]["num_public"] / config["lora"]["shard_siz
 DPSGD_METHODS = ("dpsgd", "public_ft_dpsgd", "pda_dpmd")
 BASELINE_METHODS = DPSGD_METHODS + ("nonprivate",)
 FINITE_EPSILONS = [eps_name(e) for e in config["privacy"]["epsilons"]]
+
+
+# Methods with a finite-epsilon grid.  Their sample / evaluate / fit_baseline jobs cover every
+# finite epsilon of one (method, private set, seed) in one process: each job pays the
+# interpreter and torch/diffusers import (about 5-8 s on a CPU) once, not once per epsilon.
+# The epsilon = inf cells (non-private references) keep jobs of their own, so that no job
+# writes DP artifacts and non-private ones together (tests/test_privacy_dag.py).
+DP_GRID_METHODS = ("dpdeepsets",) + DPSGD_METHODS
+
+
+def per_epsilon(template):
+    """``template`` (with a literal ``{eps}``) at every finite epsilon, other wildcards kept."""
+    return [template.replace("{eps}", e) for e in FINITE_EPSILONS]
 
 
 def method_epsilons(method):

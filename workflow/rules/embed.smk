@@ -7,6 +7,7 @@ rule fit_embedder:
     params:
         settings=settings("embedder"),
     threads: THREADS
+    priority: PRIORITY_CRITICAL
     resources:
         **stage_resources("encoder"),
     conda:
@@ -30,6 +31,7 @@ rule embed:
     params:
         settings=settings("embedder"),
     threads: THREADS
+    priority: PRIORITY_CRITICAL
     resources:
         **stage_resources("encoder"),
     conda:

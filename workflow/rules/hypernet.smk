@@ -10,6 +10,7 @@ rule train_hypernet:
     params:
         settings=settings("hypernet", "privacy", "subsets", "lora"),
     threads: THREADS_HEAVY
+    priority: PRIORITY_CRITICAL
     resources:
         **stage_resources("cpu_train"),
     conda:

@@ -9,6 +9,7 @@ rule fit_lora:
     params:
         settings=settings("lora"),
     threads: THREADS_HEAVY
+    priority: PRIORITY_CRITICAL
     resources:
         **stage_resources("gpu_train"),
     conda:
@@ -29,6 +30,7 @@ rule gather_loras:
         expand(f"{R}/lora/shards/{{shard}}.safetensors", shard=range(N_SHARDS)),
     output:
         f"{R}/lora/public_loras.safetensors",
+    priority: PRIORITY_CRITICAL
     resources:
         **stage_resources("light"),
     conda:

@@ -7,6 +7,7 @@ rule release_embedding:
         f"{R}/release/{{pset}}/eps{{eps}}_seed{{seed}}.json",
     params:
         settings=settings("privacy"),
+    priority: PRIORITY_CRITICAL
     resources:
         **stage_resources("light"),
     conda:
@@ -28,6 +29,7 @@ rule generate_lora:
         hypernet=f"{R}/hypernet/hypernet.pt",
     output:
         directory(f"{R}/adapters/dpdeepsets/{{pset}}/eps{{eps}}_seed{{seed}}"),
+    priority: PRIORITY_CRITICAL
     resources:
         **stage_resources("light"),
     conda:

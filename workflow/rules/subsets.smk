@@ -6,6 +6,7 @@ rule build_subsets:
         f"{R}/subsets/{{pool}}.npz",
     params:
         settings=settings("subsets"),
+    priority: PRIORITY_CRITICAL
     resources:
         **stage_resources("light"),
     conda:
