@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --profile profiles/default
 
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=10
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -12,8 +12,9 @@
 #   hypernet.smk  train_hypernet              noise-aware DeepSets hypernetwork
 #   release.smk   release_embedding           THE DP STEP (the only private release)
 #                 generate_lora               noisy embedding -> PEFT adapter
-#   sample.smk    sample                      DDIM samples per method / set / epsilon / seed
-#   evaluate.smk  reference_features, evaluate   FID / KID against each private set
+#   sample.smk    sample, sample_reference    DDIM samples: a DP method's epsilon grid per set / seed;
+#                                             the epsilon = inf references and the base model
+#   evaluate.smk  reference_features, evaluate, evaluate_reference   FID / KID per private set
 #   report.smk    report, sample_figure       metrics.csv, ledger, plots; the sample figure
 
 configfile: "config/config.yaml"
