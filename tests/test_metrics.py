@@ -106,6 +106,13 @@ def test_matches_fid_helper_clean_mode(images, feats):
     np.testing.assert_allclose(feats["a"][:2], ref, rtol=0, atol=1e-4)
 
 
+def test_features_do_not_depend_on_batch_or_layout(images, feats):
+    """The pipeline's batch of 8 in channels-last layout gives clean-fid's contiguous NCHW
+    features (the fixture: batch 16, channels-last; here batch 3, contiguous)."""
+    nchw = InceptionFeatures(device="cpu", batch_size=3, progress=False, channels_last=False)
+    np.testing.assert_allclose(nchw(images["b"]), feats["b"], rtol=0, atol=1e-4)
+
+
 def test_rgb_batch_any_size(extractor):
     rng = np.random.default_rng(2)
     rgb = np.zeros((2, 20, 24, 3), dtype=np.uint8)
