@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # accountant (release_embedding: analytic Gaussian, ledger entry composed in privacy_ledger.csv).
 # A DP-SGD-family rule joins this list only together with its accountant: fit_baseline
 # (dpsgd, public_ft_dpsgd, pda_dpmd) is DP via the opacus accountant (make_private_with_epsilon,
-# the accounted epsilon in its ledger JSON, listed in privacy_ledger.csv).  Its method
+# the accounted epsilon in its ledger JSON, listed in privacy_ledger.csv).
 # The nonprivate baseline is a rule of its own (fit_nonprivate, eps=inf): it is the declared
 # non-private reference, like the release's eps=inf cells, and is NOT in this list.
 DP_RULES = frozenset({"release_embedding", "fit_baseline"})

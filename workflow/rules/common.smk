@@ -133,7 +133,7 @@ FINITE_EPSILONS = [eps_name(e) for e in config["privacy"]["epsilons"]]
 
 # Methods with a finite-epsilon grid.  Their sample / evaluate / fit_baseline jobs cover every
 # finite epsilon of one (method, private set, seed) in one process: each job pays the
-# interpreter and torch/diffusers import (about 5-8 s on a CPU) once, not once per epsilon.
+# interpreter and torch/diffusers import (3.5-6.5 s on a CPU) once, not once per epsilon.
 # The epsilon = inf cells (non-private references) keep jobs of their own, so that no job
 # writes DP artifacts and non-private ones together (tests/test_privacy_dag.py).
 DP_GRID_METHODS = ("dpdeepsets",) + DPSGD_METHODS
