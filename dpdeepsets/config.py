@@ -12,6 +12,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from .io import format_epsilon
+
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
 
 
@@ -83,7 +85,7 @@ def check_consistency(config: dict) -> dict:
         if not math.isfinite(e):
             raise ConfigError(f"privacy.epsilons.{i} is {e}: every epsilon must be finite (the "
                               f"noise-free epsilon = inf reference is privacy.nonprivate_reference)")
-    names = [f"{float(e):g}" for e in eps]  # the cells' file names (eps{name}_seed{seed})
+    names = [format_epsilon(e) for e in eps]  # the cells' file names (eps{name}_seed{seed})
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"privacy.epsilons {eps}: {eps[i]} repeats {eps[names.index(name)]} "

@@ -10,6 +10,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from dpdeepsets.config import ConfigError, check_consistency, describe_validation_error
+from dpdeepsets.io import format_epsilon
 
 min_version("9.0")
 
@@ -112,7 +113,7 @@ def settings(*sections):
 
 
 def eps_name(eps):
-    return "inf" if math.isinf(float(eps)) else f"{float(eps):g}"
+    return format_epsilon(eps)
 
 
 PSETS = [f"p{i}" for i in range(config["subsets"]["num_private"])]

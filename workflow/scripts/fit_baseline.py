@@ -86,6 +86,7 @@ def main():
         images = diffusion.images_to_tensor(data.load_split(args.private)[0][members[index]])
         pset, train_method, run_cfg = args.pset, method, cfg
     seed = cfg["seed"] * 1_000_003 + args.seed
+    public_factors = dpsgd.load_adapter_factors(args.public_lora) if args.public_lora else None
     for text, eps, out, out_ledger in zip(args.epsilon, epsilons, args.out, ledgers):
         # Every run starts from the freshly loaded base model: runs are independent.
         unet, scheduler = diffusion.load_base(args.base)
@@ -94,8 +95,8 @@ def main():
         basis = lora.make_basis(targets, lcfg["rank"], lcfg["basis_seed"])
         basis = {k: v.to(device) for k, v in basis.items()}
         init = None
-        if args.public_lora:
-            a, b = dpsgd.load_adapter_factors(args.public_lora)
+        if public_factors is not None:
+            a, b = public_factors
             if set(a) != {t.name for t in targets}:
                 raise ValueError(f"{args.public_lora}: its target modules differ from lora.target_modules")
             if cfg["parametrisation"] == "gauge_fixed":
