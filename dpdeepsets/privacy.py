@@ -9,11 +9,20 @@ norm C, epsilon, delta, the adjacency notion, sigma, and the code.
 
 Adjacency
 ---------
-``"replace_one"``: neighbouring sets have the same size n and differ in one
-row.  ``"add_remove"``: neighbouring sets differ by adding or removing one row;
-here the mean is computed as ``sum / n`` with n treated as a *public constant*
-(the size of the set is disclosed, not protected).  If the set size itself must
-be protected, use ``"replace_one"`` on a set of fixed, public size.
+``"add_remove"`` (the default, and what opacus certifies for DP-SGD): neighbouring
+sets differ by adding or removing one row, so their sizes differ.  The released
+statistic is ``sum of clipped rows / n`` with n a *public constant* (the configured
+set size), never the actual row count: dividing by the row count would move the
+mean by up to 2C/n when a row is removed, twice the sensitivity claimed.  The
+actual row count is protected and never written to a ledger.
+``"replace_one"``: neighbouring sets have the same size n and differ in one row;
+the set must have exactly n rows and the sensitivity is 2C/n.
+
+Noise
+-----
+The noise comes from a :class:`dpdeepsets.noise.NoiseSource` (a secret key and the
+cell identity, or fresh OS entropy); nothing here derives randomness from public
+values, and no ledger entry contains a seed.
 
 Calibration
 -----------
@@ -23,14 +32,20 @@ bound.  Several releases about the same private set are composed exactly with
 Gaussian differential privacy (Dong, Roth & Su 2019): k Gaussian releases with
 ratios Delta_i/sigma_i are mu-GDP with mu = sqrt(sum (Delta_i/sigma_i)^2).
 
-Pure numpy/scipy; no torch.
+DP-SGD (:func:`dpsgd_noise_multiplier`, :func:`dpsgd_epsilon`) is calibrated and
+accounted here too, with opacus' PRV or RDP accountant (imported lazily), and every
+release and fit of one private set is composed by :func:`compose_ledger`.
+
+Pure numpy/scipy at import; opacus and dp-accounting only inside the functions that
+need them.
 """
 
 from __future__ import annotations
 
 import math
-import secrets
 import warnings
+from contextlib import contextmanager
+from functools import lru_cache
 from typing import Iterable
 
 import numpy as np
@@ -39,23 +54,28 @@ from scipy.special import erf, erfcx, ndtr
 __all__ = [
     "PrivacyError",
     "ADJACENCIES",
-    "NOISE_SOURCES",
     "gaussian_delta",
     "analytic_gaussian_sigma",
     "classical_gaussian_sigma",
     "clipped_mean_sensitivity",
     "clip_rows",
-    "make_noise_rng",
+    "clipped_mean_statistic",
     "release_clipped_mean",
-    "ledger_to_json_safe",
+    "DPSGD_ACCOUNTANTS",
+    "DPSGD_ADJACENCY",
+    "resolve_accountant",
+    "dpsgd_noise_multiplier",
+    "dpsgd_epsilon",
     "gdp_mu",
     "gdp_delta",
     "gdp_epsilon",
     "compose_releases",
+    "compose_ledger",
 ]
 
-ADJACENCIES = ("replace_one", "add_remove")
-NOISE_SOURCES = ("secure", "seeded")
+ADJACENCIES = ("add_remove", "replace_one")
+DPSGD_ACCOUNTANTS = ("gdp", "prv", "rdp")
+DPSGD_ADJACENCY = "add_remove"  # what opacus' accountants certify under Poisson sampling
 
 _SQRT2 = math.sqrt(2.0)
 _REL_TOL = 1e-12  # relative width of the final bisection bracket
@@ -158,6 +178,7 @@ def gaussian_delta(epsilon: float, sigma: float, sensitivity: float) -> float:
     return max(0.0, min(1.0, math.exp(_log_gaussian_delta(e, r))))
 
 
+@lru_cache(maxsize=4096)
 def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float) -> float:
     """Smallest sigma such that the Gaussian mechanism is (epsilon, delta)-DP.
 
@@ -233,8 +254,8 @@ def clipped_mean_sensitivity(n: int, clip_norm: float, adjacency: str) -> float:
 
     replace_one: 2C/n (one row changes, ||x - x'|| <= 2C, n fixed).
     add_remove: C/n (the sum changes by one row of norm <= C).  Valid only
-    when the mean is sum/n with n a fixed, public number (the set size is
-    disclosed, not protected).
+    for the statistic of :func:`clipped_mean_statistic`: the clipped sum
+    divided by a fixed, public n, whatever the actual number of rows.
     Raises PrivacyError for n < 2, C <= 0 or non-finite, unknown adjacency.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
@@ -280,39 +301,36 @@ def clip_rows(x: np.ndarray, clip_norm: float) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------
-# noise
-# --------------------------------------------------------------------------
-def make_noise_rng(noise: str, seed: int | None) -> np.random.Generator:
-    """numpy Generator (PCG64DXSM) for the privacy noise.
-
-    noise="secure": seeded with 256 bits from ``secrets`` (os.urandom); not
-    reproducible; ``seed`` is ignored.  noise="seeded": seeded with ``seed``
-    (required, a non-negative int) for reproducible tests and debugging only;
-    anyone who knows the seed can remove the noise, so a seeded release
-    carries no privacy guarantee in practice.
-
-    Known limitation: numpy's Gaussian sampler is a floating-point sampler
-    from a non-cryptographic PRNG, not a discrete or cryptographically secure
-    Gaussian; floating-point noise can leak through the low-order bits of the
-    output (Mironov 2012 attack on the Laplace mechanism; the same concern
-    applies to Gaussian samplers).  What we do: the noise is drawn and added
-    in float64 and the released vector is then rounded to float32, which
-    discards most of the low-order bits but is NOT a proof of safety.
-    """
-    if noise == "secure":
-        return np.random.Generator(np.random.PCG64DXSM(secrets.randbits(256)))
-    if noise == "seeded":
-        if seed is None:
-            raise PrivacyError("seed must be given when noise='seeded', got None")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise PrivacyError(f"seed must be a non-negative integer, got {seed!r}")
-        return np.random.Generator(np.random.PCG64DXSM(int(seed)))
-    raise PrivacyError(f"noise must be one of {NOISE_SOURCES}, got {noise!r}")
-
-
-# --------------------------------------------------------------------------
 # the release
 # --------------------------------------------------------------------------
+def _check_n(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise PrivacyError(f"n must be an integer >= 2, got {n!r}")
+    return int(n)
+
+
+def clipped_mean_statistic(embeddings: np.ndarray, *, clip_norm: float, adjacency: str,
+                           n: int) -> np.ndarray:
+    """The released statistic before noise: the sum of the clipped rows divided by n.
+
+    ``n`` is public: the configured set size, not the number of rows.  Under
+    ``replace_one`` the set must have exactly n rows (sensitivity 2C/n).  Under
+    ``add_remove`` any number of rows >= 1 is accepted and the divisor stays n, so
+    adding or removing one row moves the statistic by at most C/n, the sensitivity
+    :func:`clipped_mean_sensitivity` claims (tests build neighbours of different
+    sizes and check it through :func:`release_clipped_mean`).
+    Returns float64 of shape (d,).
+    """
+    n = _check_n(n)
+    if adjacency not in ADJACENCIES:
+        raise PrivacyError(f"adjacency must be one of {ADJACENCIES}, got {adjacency!r}")
+    clipped = clip_rows(embeddings, clip_norm)
+    if adjacency == "replace_one" and clipped.shape[0] != n:
+        raise PrivacyError(f"replace_one adjacency needs a set of exactly n={n} rows "
+                           f"(the public set size), got {clipped.shape[0]}")
+    return clipped.sum(axis=0) / n
+
+
 def release_clipped_mean(
     embeddings: np.ndarray,
     *,
@@ -320,41 +338,43 @@ def release_clipped_mean(
     delta: float,
     clip_norm: float,
     adjacency: str,
-    noise: str,
-    seed: int | None = None,
+    n: int,
+    noise,
 ) -> tuple[np.ndarray, dict]:
     """THE differentially private release: noisy mean of clipped embeddings.
 
-    Rows are clipped to L2 norm <= clip_norm (:func:`clip_rows`), averaged
-    with n = len(embeddings), and N(0, sigma^2 I) noise is added in float64 with
-    sigma = analytic_gaussian_sigma(epsilon, delta, Delta), Delta =
-    clipped_mean_sensitivity(n, clip_norm, adjacency).  The result is rounded
-    to float32 (post-processing).  (epsilon, delta)-DP w.r.t. one row of this
-    set under ``adjacency``, provided clip_norm, epsilon, delta were chosen
-    without looking at the private data and n is public.
+    The statistic is :func:`clipped_mean_statistic` (clipped sum / public n);
+    N(0, sigma^2 I) noise is added in float64 with sigma =
+    analytic_gaussian_sigma(epsilon, delta, Delta), Delta =
+    clipped_mean_sensitivity(n, clip_norm, adjacency), drawn from ``noise`` (a
+    :class:`dpdeepsets.noise.NoiseSource`: keyed or secure in the pipeline).  The
+    result is rounded to float32 (post-processing).  (epsilon, delta)-DP w.r.t.
+    one row of this set under ``adjacency``, provided clip_norm, epsilon, delta
+    and n were chosen without looking at the private data and nobody but the
+    data owner holds the noise source's key.
 
     epsilon = inf: no noise (sigma = 0), a non-private reference release;
-    the ledger says private=False.  A UserWarning is raised when delta >= 1/n,
+    the ledger says private=False.  So does a noise source that is not private
+    (the unit-test-only public seed).  A UserWarning is raised when delta >= 1/n,
     since such a delta permits mechanisms that publish a random row verbatim;
     the release still proceeds (the choice is the caller's and is recorded).
 
     Returns (noisy_mean float32 of shape (d,), ledger dict with keys n, dim,
     clip_norm, adjacency, sensitivity, epsilon, delta, sigma, mechanism,
-    noise_source, seed, private).  The ledger holds plain Python types; use
-    :func:`ledger_to_json_safe` before strict-JSON serialisation (eps = inf).
+    noise_source (+ key_fingerprint for keyed noise), private).  The ledger
+    holds no seed, and not the actual row count (under add_remove that count is
+    what the guarantee protects).
     """
     e = _check_epsilon(epsilon)
     d = _check_delta(delta)
     c = _check_positive_finite("clip_norm", clip_norm)
-    if adjacency not in ADJACENCIES:
-        raise PrivacyError(f"adjacency must be one of {ADJACENCIES}, got {adjacency!r}")
-    rng = make_noise_rng(noise, seed)  # validates noise/seed before any work
-    clipped = clip_rows(embeddings, c)
-    n, dim = clipped.shape
+    n = _check_n(n)
+    statistic = clipped_mean_statistic(embeddings, clip_norm=c, adjacency=adjacency, n=n)
+    dim = statistic.shape[0]
     sens = clipped_mean_sensitivity(n, c, adjacency)
     sigma = analytic_gaussian_sigma(e, d, sens)
-    private = not math.isinf(e)
-    if private and d >= 1.0 / n:
+    private = not math.isinf(e) and bool(noise.private)
+    if not math.isinf(e) and d >= 1.0 / n:
         warnings.warn(
             f"PRIVACY WARNING: delta={d!r} >= 1/n={1.0 / n!r}; this delta is too "
             "large to be meaningful for a set of this size (it allows leaking a "
@@ -362,11 +382,11 @@ def release_clipped_mean(
             UserWarning,
             stacklevel=2,
         )
-    mean = clipped.mean(axis=0)
+    out = statistic
     if sigma > 0:
-        mean = mean + sigma * rng.standard_normal(dim)
+        out = statistic + sigma * noise.numpy_rng("gaussian").standard_normal(dim)
     ledger = {
-        "n": int(n),
+        "n": n,
         "dim": int(dim),
         "clip_norm": float(c),
         "adjacency": adjacency,
@@ -374,23 +394,106 @@ def release_clipped_mean(
         "epsilon": float(e),
         "delta": float(d),
         "sigma": float(sigma),
-        "mechanism": "analytic_gaussian" if private else "none (non-private reference, epsilon=inf)",
-        "noise_source": noise,
-        "seed": int(seed) if noise == "seeded" else None,
-        "private": bool(private),
+        "mechanism": "analytic_gaussian" if not math.isinf(e) else "none (non-private reference, epsilon=inf)",
+        **noise.ledger(),
+        "private": private,
     }
-    return mean.astype(np.float32), ledger
+    return out.astype(np.float32), ledger
 
 
-def ledger_to_json_safe(d):
-    """Copy of a ledger (dict/list/scalars) with float inf/-inf/nan as strings."""
-    if isinstance(d, dict):
-        return {k: ledger_to_json_safe(v) for k, v in d.items()}
-    if isinstance(d, (list, tuple)):
-        return [ledger_to_json_safe(v) for v in d]
-    if isinstance(d, (float, np.floating)) and not math.isfinite(d):
-        return "nan" if math.isnan(d) else ("inf" if d > 0 else "-inf")
-    return d
+# --------------------------------------------------------------------------
+# DP-SGD calibration and accounting (opacus' accountants)
+# --------------------------------------------------------------------------
+def resolve_accountant(accountant: str, epsilon: float, sample_rate: float,
+                       prv_max_epsilon: float) -> str:
+    """The accountant of one DP-SGD cell: ``gdp``, ``prv`` or ``rdp``.
+
+    ``auto``: full-batch training (sample_rate 1) is T compositions of a Gaussian
+    mechanism, exactly (sqrt(T)/z)-GDP, so ``gdp`` is exact and instant; otherwise
+    opacus' PRV accountant (tight) up to ``prv_max_epsilon`` and RDP (a conservative
+    upper bound) above it, since PRV's cost grows with epsilon (at epsilon = 1024 it
+    did not return within 60 s) while RDP's does not.  ``benchmarks/accountant_time.py``
+    measures all three over the paper's grid.
+    """
+    if accountant == "gdp" and float(sample_rate) != 1.0:
+        raise PrivacyError(f"the gdp accountant is exact for full-batch DP-SGD only "
+                           f"(sample_rate 1), got sample_rate {sample_rate!r}")
+    if accountant in DPSGD_ACCOUNTANTS:
+        return accountant
+    if accountant == "auto":
+        if float(sample_rate) == 1.0:
+            return "gdp"
+        return "prv" if float(epsilon) <= float(prv_max_epsilon) else "rdp"
+    raise PrivacyError(f"accountant must be one of {DPSGD_ACCOUNTANTS + ('auto',)}, got {accountant!r}")
+
+
+def _check_rate_steps(sample_rate, steps) -> tuple[float, int]:
+    q = _real("sample_rate", sample_rate)
+    if not 0.0 < q <= 1.0:
+        raise PrivacyError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise PrivacyError(f"steps must be an integer >= 1, got {steps!r}")
+    return q, int(steps)
+
+
+@contextmanager
+def _quiet_opacus():
+    """opacus' accountants warn about their order grid and overflow in PRV's tails (harmless)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Oo]ptimal order.*")
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"opacus\..*")
+        yield
+
+
+def dpsgd_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                  accountant: str) -> float:
+    """Epsilon of ``steps`` Poisson-sampled Gaussian steps (rate q, noise multiplier z).
+
+    Add/remove-one adjacency (what opacus certifies).  ``accountant``: ``gdp`` (exact, q = 1
+    only: T Gaussian steps of sensitivity C and noise zC are (sqrt(T)/z)-GDP), or opacus'
+    ``prv`` or ``rdp``.
+    """
+    z = _check_positive_finite("noise_multiplier", noise_multiplier)
+    q, t = _check_rate_steps(sample_rate, steps)
+    d = _check_delta(delta)
+    resolve_accountant(accountant, 1.0, q, 0.0)  # validates the name (and gdp's q = 1)
+    if accountant == "gdp":
+        return gdp_epsilon(math.sqrt(t) / z, d)
+    from opacus.accountants import create_accountant
+
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [(z, q, t)]
+    with _quiet_opacus():
+        return float(acc.get_epsilon(delta=d))
+
+
+@lru_cache(maxsize=256)
+def dpsgd_noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int,
+                           accountant: str, tolerance: float = 0.01) -> float:
+    """Smallest noise multiplier (to ``tolerance`` in epsilon) with dpsgd_epsilon <= epsilon.
+
+    opacus' ``get_noise_multiplier`` (bisection on the multiplier until the accounted
+    epsilon lies in [epsilon - tolerance, epsilon]); the returned multiplier is then
+    checked once more against the target, so the claim never rests on the bisection alone.
+    Poisson sampling at rate q, ``steps`` steps, add/remove-one adjacency.  ``gdp`` (q = 1):
+    exactly z = sqrt(T) * analytic_gaussian_sigma(epsilon, delta, 1), no bisection on
+    an accountant.
+    """
+    e = _check_epsilon(epsilon, allow_inf=False)
+    d = _check_delta(delta)
+    q, t = _check_rate_steps(sample_rate, steps)
+    resolve_accountant(accountant, e, q, 0.0)
+    if accountant == "gdp":
+        return math.sqrt(t) * analytic_gaussian_sigma(e, d, 1.0)
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with _quiet_opacus():
+        z = float(get_noise_multiplier(target_epsilon=e, target_delta=d, sample_rate=q, steps=t,
+                                       accountant=accountant, epsilon_tolerance=tolerance))
+    spent = dpsgd_epsilon(z, q, t, d, accountant)
+    if spent > e * (1 + 1e-9):
+        raise PrivacyError(f"calibrated noise multiplier {z} gives epsilon {spent} > target {e}")
+    return z
 
 
 # --------------------------------------------------------------------------
@@ -496,3 +599,56 @@ def compose_releases(ledger_entries: list[dict], delta: float) -> dict:
         raise PrivacyError(f"ledger entry lacks key {exc.args[0]!r}") from None
     mu = gdp_mu(pairs)
     return {"n_releases": len(entries), "mu": float(mu), "epsilon": float(gdp_epsilon(mu, d)), "delta": d}
+
+
+def compose_ledger(entries: list[dict], delta: float) -> dict:
+    """Composed (epsilon, delta) guarantee of every release and DP-SGD fit of one private set.
+
+    Each entry is a ledger row: a Gaussian release (``mechanism`` analytic_gaussian, with
+    sensitivity and sigma) or a DP-SGD fit (``mechanism`` starting with "dp-sgd", with
+    noise_multiplier, sample_rate, steps).  Entries must share one adjacency.  Gaussian
+    releases and full-batch DP-SGD fits only: exact Gaussian-DP composition
+    (:func:`compose_releases`).  With subsampled DP-SGD fits: Renyi-DP composition of all
+    of them (dp-accounting's RDP accountant; an upper bound).  A non-private entry makes the composition non-private (inf).
+    Returns {"n_entries", "epsilon", "delta", "composition"}.
+    """
+    d = _check_delta(delta)
+    entries = list(entries)
+    if not entries:
+        raise PrivacyError("entries must be non-empty, got []")
+    adjs = {e["adjacency"] for e in entries}
+    if len(adjs) > 1:
+        raise PrivacyError(f"entries mix adjacencies {sorted(adjs)}: an epsilon must mean "
+                           "the same thing for every release it composes")
+    if not all(bool(e.get("private")) for e in entries):
+        return {"n_entries": len(entries), "epsilon": math.inf, "delta": d,
+                "composition": "non-private entry"}
+    gaussian = [e for e in entries if e["mechanism"] == "analytic_gaussian"]
+    sgd = [e for e in entries if str(e["mechanism"]).startswith("dp-sgd")]
+    if len(gaussian) + len(sgd) != len(entries):
+        unknown = sorted({str(e["mechanism"]) for e in entries} - {"analytic_gaussian"})
+        raise PrivacyError(f"cannot compose mechanisms {unknown}")
+    # Full-batch DP-SGD (q = 1) is T Gaussian steps: (sqrt(T)/z)-GDP, one Gaussian release of
+    # sensitivity 1 and sigma z/sqrt(T).
+    full_batch = [e for e in sgd if float(e["sample_rate"]) == 1.0]
+    sgd = [e for e in sgd if float(e["sample_rate"]) != 1.0]
+    gaussian = gaussian + [{"sensitivity": 1.0, "sigma": float(e["noise_multiplier"]) / math.sqrt(int(e["steps"]))}
+                           for e in full_batch]
+    if not sgd:
+        c = compose_releases(gaussian, d)
+        return {"n_entries": len(entries), "epsilon": c["epsilon"], "delta": d,
+                "composition": "gaussian DP (exact)"}
+    import dp_accounting as dpa
+    from dp_accounting.rdp import RdpAccountant
+
+    relation = {"add_remove": dpa.NeighboringRelation.ADD_OR_REMOVE_ONE,
+                "replace_one": dpa.NeighboringRelation.REPLACE_ONE}[adjs.pop()]
+    acc = RdpAccountant(neighboring_relation=relation)
+    for e in gaussian:
+        acc.compose(dpa.GaussianDpEvent(float(e["sigma"]) / float(e["sensitivity"])))
+    for e in sgd:
+        step = dpa.PoissonSampledDpEvent(float(e["sample_rate"]),
+                                         dpa.GaussianDpEvent(float(e["noise_multiplier"])))
+        acc.compose(dpa.SelfComposedDpEvent(step, int(e["steps"])))
+    return {"n_entries": len(entries), "epsilon": float(acc.get_epsilon(d)), "delta": d,
+            "composition": "renyi DP (dp-accounting RDP accountant, upper bound)"}
