@@ -104,6 +104,11 @@ def _check_paths():
 _check_paths()
 
 
+# The secret noise key of every DP release and DP-SGD fit (dpdeepsets.noise): the user's file,
+# or one created on first use inside the results directory (a fresh run gets fresh noise).
+NOISE_KEY = config["privacy"]["key_file"] or f"{R}/.secret/noise.key"
+
+
 def settings(*sections):
     """The config sections a script reads, as one shell-quoted JSON argument.
 

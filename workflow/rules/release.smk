@@ -1,12 +1,28 @@
+if not config["privacy"]["key_file"]:
+
+    rule noise_key:
+        """SECRET: the key every DP release and DP-SGD fit derives its noise from (never publish it)."""
+        output:
+            NOISE_KEY,
+        resources:
+            **stage_resources("light"),
+        log:
+            f"{R}/logs/noise_key.log",
+        shell:
+            "python -m dpdeepsets.noise new-key {output} > {log} 2>&1"
+
+
 rule release_embedding:
     """THE DP STEP: clipped mean of one private set's embeddings + analytic Gaussian noise."""
     input:
         embeddings=f"{R}/embeddings/private.npy",
         sets=f"{R}/subsets/private.npz",
+        key=NOISE_KEY,
     output:
         f"{R}/release/{{pset}}/eps{{eps}}_seed{{seed}}.json",
     params:
         settings=settings("privacy"),
+        n=config["subsets"]["set_size"],
     priority: PRIORITY_CRITICAL
     resources:
         **stage_resources("light"),
@@ -18,8 +34,9 @@ rule release_embedding:
         f"{R}/benchmarks/release_embedding/{{pset}}_eps{{eps}}_seed{{seed}}.tsv"
     shell:
         "python workflow/scripts/release_embedding.py --settings {params.settings}"
-        " --embeddings {input.embeddings} --sets {input.sets} --pset {wildcards.pset}"
-        " --epsilon {wildcards.eps} --seed {wildcards.seed} --out {output} > {log} 2>&1"
+        " --embeddings {input.embeddings} --sets {input.sets} --key {input.key} --n {params.n}"
+        " --pset {wildcards.pset} --epsilon {wildcards.eps} --seed {wildcards.seed}"
+        " --out {output} > {log} 2>&1"
 
 
 rule generate_lora:

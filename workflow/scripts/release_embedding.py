@@ -17,6 +17,9 @@ def main():
     p = cli.make_parser(__doc__, SECTIONS)
     p.add_argument("--embeddings", required=True, help="private embeddings .npy")
     p.add_argument("--sets", required=True, help="private sets .npz")
+    p.add_argument("--key", required=True, help="the secret noise key file (privacy.noise=keyed)")
+    p.add_argument("--n", type=int, required=True,
+                   help="the public set size n (subsets.set_size): the release divides by it")
     p.add_argument("--pset", required=True, help="private set id, e.g. p0")
     p.add_argument("--epsilon", required=True, help="epsilon, or 'inf' for the non-private reference")
     p.add_argument("--seed", type=int, required=True, help="experiment seed")
@@ -24,11 +27,9 @@ def main():
     args = p.parse_args()
     priv = cli.read_settings(args, SECTIONS)["privacy"]
     log = setup_logging("release_embedding")
-    import zlib
-
     import numpy as np
 
-    from dpdeepsets import privacy
+    from dpdeepsets import noise, privacy
     from dpdeepsets.data import load_embeddings
 
     index = int(args.pset.lstrip("p"))
@@ -37,16 +38,13 @@ def main():
         raise ValueError(f"private set {args.pset} does not exist ({len(members)} sets)")
     x = load_embeddings(args.embeddings)[members[index]]  # refuses NaN/Inf, names the file
     eps = parse_epsilon(args.epsilon)
-    # Seeded research noise: a distinct stream per (set, epsilon, seed) cell.
     cell = f"{args.pset}/{format_epsilon(eps)}/{args.seed}"
-    noise_seed = None
-    if priv["noise"] == "seeded":
-        noise_seed = priv["noise_seed"] * 1_000_003 + zlib.crc32(cell.encode())
+    source = noise.noise_source(priv["noise"], args.key, noise.cell_identity(
+        mechanism="release_embedding", pset=args.pset, epsilon=eps, seed=args.seed))
     noisy, ledger = privacy.release_clipped_mean(
         x, epsilon=eps, delta=priv["delta"], clip_norm=priv["clip_norm"],
-        adjacency=priv["adjacency"], noise=priv["noise"], seed=noise_seed)
-    ledger.update({"pset": args.pset, "seed": args.seed, "noise_seed": noise_seed,
-                   "method": "dpdeepsets"})
+        adjacency=priv["adjacency"], n=args.n, noise=source)
+    ledger.update({"pset": args.pset, "seed": args.seed, "method": "dpdeepsets"})
     write_json(args.out, {"ledger": ledger, "noisy_embedding": noisy.tolist()})
     log.info("released %s: n=%d d=%d epsilon=%s delta=%g sigma=%.6g (%s noise)", cell,
              ledger["n"], ledger["dim"], args.epsilon, ledger["delta"], ledger["sigma"],
