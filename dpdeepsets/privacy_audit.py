@@ -30,26 +30,18 @@ at claimed epsilon 0.25 / 1 / 4 / 16 (n = 128, C = 1, delta = 1e-5).  So the aud
 that is noticeably less private than claimed (e.g. sigma halved at epsilon <= 4), it can
 never prove the claim, and above epsilon ~ 8 it has almost no power at all.
 
-Data-flow check (:func:`check_private_flow`)
---------------------------------------------
-A graph check on the Snakemake job DAG (:func:`parse_dryrun_jobs`, :func:`job_edges`): every
-path from a job that reads private data to a job that produces a released artifact must pass
-through a job of a DP rule (the release, or a DP-SGD-family rule with an accountant).  Used
-by ``tests/test_privacy_dag.py``.
-
 Pure numpy/scipy; no torch.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import numpy as np
 from scipy.stats import beta, chi2, norm
 
+from dpdeepsets import noise as N
 from dpdeepsets import privacy as P
 
 __all__ = [
@@ -60,11 +52,6 @@ __all__ = [
     "worst_case_pair",
     "audit_release",
     "check_release_noise",
-    "parse_dryrun_jobs",
-    "job_label",
-    "rule_of",
-    "job_edges",
-    "check_private_flow",
 ]
 
 
@@ -218,9 +205,9 @@ def audit_release(
         raise ValueError(f"select_fraction must be in (0, 1), got {select_fraction!r}")
 
     d_set, d_prime, u = worst_case_pair(n, dim, clip_norm, adjacency, seed)
-    kw = dict(epsilon=e, delta=delta, clip_norm=clip_norm, adjacency=adjacency, noise="seeded")
-    _, led = P.release_clipped_mean(d_set, seed=int(seed), **kw)
-    _, led_p = P.release_clipped_mean(d_prime, seed=int(seed) + 1, **kw)
+    kw = dict(epsilon=e, delta=delta, clip_norm=clip_norm, adjacency=adjacency, n=n)
+    _, led = P.release_clipped_mean(d_set, noise=N.PublicSeedNoise(int(seed)), **kw)
+    _, led_p = P.release_clipped_mean(d_prime, noise=N.PublicSeedNoise(int(seed) + 1), **kw)
     sigma_ledger, sens = led["sigma"], led["sensitivity"]
     if (led_p["sigma"], led_p["sensitivity"]) != (sigma_ledger, sens):
         raise AuditError(f"neighbouring datasets got different calibrations: {led} vs {led_p}")
@@ -321,7 +308,7 @@ def check_release_noise(
     outs, sigmas = [], set()
     for i in range(releases):
         out, led = release(d_set, epsilon=epsilon, delta=delta, clip_norm=clip_norm,
-                           adjacency=adjacency, noise="seeded", seed=int(seed) + i)
+                           adjacency=adjacency, n=n, noise=N.PublicSeedNoise(int(seed) + i))
         outs.append(np.asarray(out, dtype=np.float64))
         sigmas.add(led["sigma"])
     if len(sigmas) != 1:
@@ -335,113 +322,3 @@ def check_release_noise(
     ok = bool(lo <= stat <= hi and abs(z) <= norm.isf(alpha / 4))
     return {"sigma_ledger": float(sigma), "sigma_empirical": float(np.sqrt(np.mean(r * r))),
             "chi2_stat": stat, "chi2_low": float(lo), "chi2_high": float(hi), "mean_z": z, "ok": ok}
-
-
-# --------------------------------------------------------------------------
-# data flow through the Snakemake DAG
-# --------------------------------------------------------------------------
-_RULE_RE = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):\s*$")
-_FIELD_RE = re.compile(r"^\s+(input|output|jobid|wildcards): (.*)$")
-
-
-def parse_dryrun_jobs(text: str) -> list[dict]:
-    """Jobs of a ``snakemake -n`` (dry-run) listing: rule, jobid, wildcards, input and output files.
-
-    Snakemake prints every job of the DAG as a block ``rule NAME:`` (``localrule`` for local
-    rules) followed by indented ``input: a, b``, ``output: ...``, ``jobid: N`` and
-    ``wildcards: k=v, ...`` lines.  File lists are split on ", " (the pipeline's paths contain
-    no commas).  Returns a list of dicts with keys rule, jobid, wildcards (dict), input
-    (list), output (list).
-    """
-    jobs: list[dict] = []
-    cur = None
-    for line in text.splitlines():
-        m = _RULE_RE.match(line)
-        if m:
-            cur = {"rule": m.group(1), "jobid": None, "wildcards": {}, "input": [], "output": []}
-            jobs.append(cur)
-            continue
-        if cur is None:
-            continue
-        f = _FIELD_RE.match(line)
-        if f:
-            key, val = f.group(1), f.group(2).strip()
-            if key == "jobid":
-                cur["jobid"] = int(val)
-            elif key == "wildcards":
-                cur["wildcards"] = dict(kv.split("=", 1) for kv in val.split(", "))
-            else:
-                cur[key] = [p for p in val.split(", ") if p]
-        elif line and not line[0].isspace():
-            cur = None  # "Shell command: ...", timestamps, job stats: the block has ended
-    return jobs
-
-
-def job_label(job: dict) -> str:
-    """``rule`` or ``rule[k=v,...]`` (wildcards sorted): unique per job of one DAG."""
-    wc = job.get("wildcards") or {}
-    if not wc:
-        return job["rule"]
-    return job["rule"] + "[" + ",".join(f"{k}={wc[k]}" for k in sorted(wc)) + "]"
-
-
-def rule_of(label: str) -> str:
-    """The rule name of a :func:`job_label`."""
-    return str(label).split("[", 1)[0]
-
-
-def job_edges(jobs: Iterable[dict]) -> set[tuple[str, str]]:
-    """File-level dependency edges (producer label, consumer label) between jobs.
-
-    There is an edge A -> B iff some output file of A is an input file of B.
-    """
-    jobs = list(jobs)
-    producer = {}
-    for j in jobs:
-        for f in j["output"]:
-            producer[f] = job_label(j)
-    return {(producer[f], job_label(j)) for j in jobs for f in j["input"] if f in producer}
-
-
-def check_private_flow(
-    edges: Iterable[tuple[str, str]],
-    private_sources: Iterable[str],
-    dp_rules: Iterable[str],
-    released_rules: Iterable[str],
-    rule_of: Callable[[str], str] = rule_of,
-) -> list[list[str]]:
-    """Paths by which private data reaches a released artifact without a DP step.
-
-    ``edges``: (producer, consumer) job pairs; ``private_sources``: the jobs that read private
-    data directly; ``dp_rules``: rules whose outputs are differentially private releases of
-    their inputs (the DP release, DP-SGD-family training with an accountant); ``released_rules``:
-    rules whose outputs are published.  ``rule_of`` maps a job to its rule.
-
-    A DP job blocks the flow (its outputs are accounted for), including when it is itself a
-    source.  Every other source's data flows along all edges; each released job it reaches
-    gives one violating path [source, ..., released job] (a shortest one).  Returns the list
-    of violating paths, empty when the flow is clean.
-    """
-    dp, rel = set(dp_rules), set(released_rules)
-    succ: dict[str, list[str]] = {}
-    for a, b in edges:
-        succ.setdefault(a, []).append(b)
-    violations = []
-    for src in sorted(set(private_sources)):
-        if rule_of(src) in dp:
-            continue
-        parent = {src: None}
-        queue = deque([src])
-        while queue:
-            node = queue.popleft()
-            if rule_of(node) in rel:
-                path, x = [], node
-                while x is not None:
-                    path.append(x)
-                    x = parent[x]
-                violations.append(path[::-1])
-            for nxt in sorted(succ.get(node, ())):
-                if nxt not in parent and rule_of(nxt) not in dp:
-                    parent[nxt] = node
-                    queue.append(nxt)
-    return violations
