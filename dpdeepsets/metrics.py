@@ -66,6 +66,7 @@ from cleanfid.resize import build_resizer
 from tqdm import tqdm
 
 __all__ = [
+    "export_onnx",
     "FEATURE_DIM",
     "InceptionFeatures",
     "bundled_inception_path",
@@ -147,7 +148,8 @@ class InceptionFeatures:
 
     def __init__(self, device="cpu", batch_size: int = 8, *, model_path=None,
                  progress: bool | None = None, verify_checksum: bool = True,
-                 channels_last: bool = True):
+                 channels_last: bool = True, runtime: str = "torch", onnx_path=None,
+                 threads: int = 1):  # TEMPORARY: runtime/onnx_path/threads (the ONNX path comes from the metrics branch)
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = int(batch_size)
@@ -293,3 +295,17 @@ def compute_fid_kid(samples_uint8: np.ndarray, reference_features, *, extractor=
         n_samples=int(feats.shape[0]),
         n_reference=int(ref.shape[0]),
     )
+
+
+def export_onnx(path) -> None:  # TEMPORARY placeholder until the metrics branch lands
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(b"placeholder")
+
+
+if __name__ == "__main__":
+    import sys as _sys
+
+    if len(_sys.argv) == 3 and _sys.argv[1] == "export":
+        export_onnx(_sys.argv[2])
