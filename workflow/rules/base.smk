@@ -10,11 +10,11 @@ rule pretrain_base:
     resources:
         **stage_resources("gpu_train"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
         f"{R}/logs/pretrain_base.log",
     benchmark:
         f"{R}/benchmarks/pretrain_base.tsv"
     shell:
-        "python workflow/scripts/pretrain_base.py --settings {params.settings}"
+        "python {SCRIPTS}/pretrain_base.py --settings {params.settings}"
         " --threads {threads} --public {input.public} --out {output} > {log} 2>&1"

@@ -1,42 +1,44 @@
-# Gradient-based LoRA baselines on the same private sets (dpdeepsets.dpsgd.train_lora):
-# dpsgd, public_ft_dpsgd, pda_dpmd (DP via opacus' accountant) and nonprivate (a reference).
+# Gradient-based LoRA fits (dpdeepsets.baselines.fit_lora, one loop): the DP-SGD methods of the
+# registry (privacy class dp_sgd) at every finite epsilon, and the nonprivate reference.
 
 
-rule fit_public_lora:
-    """Public: one LoRA fitted without noise on the public pool (start of public_ft_dpsgd / pda_dpmd)."""
+rule fit_public_pool_lora:
+    """Public: one LoRA fitted without noise on the whole public pool (the start of public_ft_dpsgd / pda_dpmd)."""
     input:
         base=f"{R}/base",
         public=f"{R}/data/public.npz",
     output:
-        directory(f"{R}/adapters/public_lora"),
+        directory(f"{R}/adapters/public_pool_lora"),
     params:
-        settings=settings("baselines", "lora", "privacy"),
+        settings=settings("baselines", "lora"),
     threads: THREADS_HEAVY
     resources:
         **stage_resources("gpu_train"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
-        f"{R}/logs/fit_public_lora.log",
+        f"{R}/logs/fit_public_pool_lora.log",
     benchmark:
-        f"{R}/benchmarks/fit_public_lora.tsv"
+        f"{R}/benchmarks/fit_public_pool_lora.tsv"
     shell:
-        "python workflow/scripts/fit_baseline.py --settings {params.settings} --threads {threads}"
-        " --method public_lora --base {input.base} --public {input.public} --out {output} > {log} 2>&1"
+        "python {SCRIPTS}/fit_baseline.py --settings {params.settings} --threads {threads}"
+        " --public-pool --base {input.base} --public {input.public} --out {output} > {log} 2>&1"
 
 
 rule fit_baseline:
-    """DP (opacus accountant): dpsgd / public_ft_dpsgd / pda_dpmd on one private set, one run per finite epsilon, one process."""
+    """DP (DP-SGD, accounted by dpdeepsets.privacy): one method on one private set, one independent fit per finite epsilon."""
     input:
         unpack(baseline_inputs),
         base=f"{R}/base",
         private=f"{R}/data/private.npz",
         sets=f"{R}/subsets/private.npz",
+        key=NOISE_KEY,
     output:
         adapters=[directory(p) for p in per_epsilon(f"{R}/adapters/{{method}}/{{pset}}/eps{{eps}}_seed{{seed}}")],
         ledgers=per_epsilon(f"{R}/ledger/{{method}}/{{pset}}/eps{{eps}}_seed{{seed}}.json"),
     wildcard_constraints:
-        method="|".join(DPSGD_METHODS),
+        method=alternatives(FITTED_DP),
+        pset=r"p\d+",
     params:
         settings=settings("baselines", "lora", "privacy"),
         flags=baseline_flags,
@@ -45,16 +47,17 @@ rule fit_baseline:
     resources:
         **stage_resources("gpu_train"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
         f"{R}/logs/fit_baseline/{{method}}_{{pset}}_seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/fit_baseline/{{method}}_{{pset}}_seed{{seed}}.tsv"
     shell:
-        "python workflow/scripts/fit_baseline.py --settings {params.settings} --threads {threads}"
+        "python {SCRIPTS}/fit_baseline.py --settings {params.settings} --threads {threads}"
         " --method {wildcards.method} --base {input.base} --private {input.private}"
-        " --sets {input.sets} --pset {wildcards.pset} {params.flags} --epsilon {params.eps}"
-        " --seed {wildcards.seed} --out {output.adapters} --out-ledger {output.ledgers} > {log} 2>&1"
+        " --sets {input.sets} --pset {wildcards.pset} --n {SET_SIZE} --key {input.key}"
+        " {params.flags} --epsilon {params.eps} --seed {wildcards.seed}"
+        " --out {output.adapters} --out-ledger {output.ledgers} > {log} 2>&1"
 
 
 rule fit_nonprivate:
@@ -64,23 +67,24 @@ rule fit_nonprivate:
         private=f"{R}/data/private.npz",
         sets=f"{R}/subsets/private.npz",
     output:
-        adapter=directory(f"{R}/adapters/nonprivate/{{pset}}/eps{{eps}}_seed{{seed}}"),
-        ledger=f"{R}/ledger/nonprivate/{{pset}}/eps{{eps}}_seed{{seed}}.json",
+        adapter=directory(f"{R}/adapters/{{method}}/{{pset}}/epsinf_seed{{seed}}"),
+        ledger=f"{R}/ledger/{{method}}/{{pset}}/epsinf_seed{{seed}}.json",
     wildcard_constraints:
-        eps="inf",
+        method=alternatives(methods_where(lambda m: m.privacy == "nonprivate")),
+        pset=r"p\d+",
     params:
         settings=settings("baselines", "lora", "privacy"),
     threads: THREADS_HEAVY
     resources:
         **stage_resources("gpu_train"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
-        f"{R}/logs/fit_baseline/nonprivate_{{pset}}_eps{{eps}}_seed{{seed}}.log",
+        f"{R}/logs/fit_baseline/{{method}}_{{pset}}_epsinf_seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/fit_baseline/nonprivate_{{pset}}_eps{{eps}}_seed{{seed}}.tsv"
+        f"{R}/benchmarks/fit_baseline/{{method}}_{{pset}}_epsinf_seed{{seed}}.tsv"
     shell:
-        "python workflow/scripts/fit_baseline.py --settings {params.settings} --threads {threads}"
-        " --method nonprivate --base {input.base} --private {input.private}"
-        " --sets {input.sets} --pset {wildcards.pset} --epsilon {wildcards.eps}"
+        "python {SCRIPTS}/fit_baseline.py --settings {params.settings} --threads {threads}"
+        " --method {wildcards.method} --base {input.base} --private {input.private}"
+        " --sets {input.sets} --pset {wildcards.pset} --n {SET_SIZE} --epsilon inf"
         " --seed {wildcards.seed} --out {output.adapter} --out-ledger {output.ledger} > {log} 2>&1"

@@ -1,7 +1,8 @@
 rule prepare_data:
-    """Load the image source and split it into disjoint public and private pools."""
+    """Load the image source and split it into disjoint public, public-validation and private pools."""
     output:
         public=f"{R}/data/public.npz",
+        validation=f"{R}/data/validation.npz",
         private=f"{R}/data/private.npz",
         summary=f"{R}/data/summary.json",
     params:
@@ -9,12 +10,12 @@ rule prepare_data:
     resources:
         **stage_resources("light"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
         f"{R}/logs/prepare_data.log",
     benchmark:
         f"{R}/benchmarks/prepare_data.tsv"
     shell:
-        "python workflow/scripts/prepare_data.py --settings {params.settings}"
-        " --out-public {output.public} --out-private {output.private}"
-        " --out-summary {output.summary} > {log} 2>&1"
+        "python {SCRIPTS}/prepare_data.py --settings {params.settings}"
+        " --out-public {output.public} --out-validation {output.validation}"
+        " --out-private {output.private} --out-summary {output.summary} > {log} 2>&1"

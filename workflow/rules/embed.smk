@@ -11,13 +11,13 @@ rule fit_embedder:
     resources:
         **stage_resources("encoder"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
         f"{R}/logs/fit_embedder.log",
     benchmark:
         f"{R}/benchmarks/fit_embedder.tsv"
     shell:
-        "python workflow/scripts/fit_embedder.py --settings {params.settings}"
+        "python {SCRIPTS}/fit_embedder.py --settings {params.settings}"
         " --threads {threads} --public {input.public} --out {output} > {log} 2>&1"
 
 
@@ -35,11 +35,11 @@ rule embed:
     resources:
         **stage_resources("encoder"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
         f"{R}/logs/embed_{{pool}}.log",
     benchmark:
         f"{R}/benchmarks/embed_{{pool}}.tsv"
     shell:
-        "python workflow/scripts/embed.py --settings {params.settings} --threads {threads}"
+        "python {SCRIPTS}/embed.py --settings {params.settings} --threads {threads}"
         " --images {input.images} --projection {input.projection} --out {output} > {log} 2>&1"

@@ -1,77 +1,85 @@
-rule reference_features:
-    """EVALUATION ONLY: Inception features of a private set (never released)."""
+# Scoring. The Inception network and the digit classifier are public; the private sets'
+# features and labels are EVALUATION ONLY: they score the methods and are never released.
+
+
+rule inception_onnx:
+    """Public: the bundled pool3 Inception TorchScript exported to ONNX once (the fast CPU runtime)."""
+    output:
+        INCEPTION_ONNX,
+    resources:
+        **stage_resources("light"),
+    conda:
+        ENV
+    log:
+        f"{R}/logs/inception_onnx.log",
+    benchmark:
+        f"{R}/benchmarks/inception_onnx.tsv"
+    shell:
+        "python -m dpdeepsets.metrics export {output} > {log} 2>&1"
+
+
+rule fit_digit_classifier:
+    """Public: a classifier of the labelled public pool (labels the samples for the class histograms)."""
     input:
+        public=f"{R}/data/public.npz",
+        validation=f"{R}/data/validation.npz",
+    output:
+        f"{R}/eval/digit_classifier.npz",
+    resources:
+        **stage_resources("light"),
+    conda:
+        ENV
+    log:
+        f"{R}/logs/fit_digit_classifier.log",
+    benchmark:
+        f"{R}/benchmarks/fit_digit_classifier.tsv"
+    shell:
+        "python {SCRIPTS}/fit_digit_classifier.py --public {input.public}"
+        " --validation {input.validation} --out {output} > {log} 2>&1"
+
+
+rule private_set_features:
+    """EVALUATION ONLY: Inception features and label histograms of every private set (never released)."""
+    input:
+        unpack(inception_input),
         private=f"{R}/data/private.npz",
         sets=f"{R}/subsets/private.npz",
     output:
-        f"{R}/eval/reference/{{pset}}.npz",
+        f"{R}/eval/private_sets.npz",
     params:
         settings=settings("evaluation"),
+        inception=inception_flag,
     threads: THREADS
     resources:
         **stage_resources("encoder"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
-        f"{R}/logs/reference_features_{{pset}}.log",
+        f"{R}/logs/private_set_features.log",
     benchmark:
-        f"{R}/benchmarks/reference_features_{{pset}}.tsv"
+        f"{R}/benchmarks/private_set_features.tsv"
     shell:
-        "python workflow/scripts/reference_features.py --settings {params.settings}"
-        " --threads {threads} --private {input.private} --sets {input.sets}"
-        " --pset {wildcards.pset} --out {output} > {log} 2>&1"
+        "python {SCRIPTS}/private_set_features.py --settings {params.settings} --threads {threads}"
+        " {params.inception} --private {input.private} --sets {input.sets} --out {output} > {log} 2>&1"
 
 
-rule evaluate:
-    """EVALUATION ONLY: FID and KID of one DP method / private set / seed at every finite epsilon, one process."""
+rule score:
+    """EVALUATION ONLY: FID, KID, precision/recall and class-histogram distance of one method's cells against every private set."""
     input:
-        samples=per_epsilon(f"{R}/samples/{{method}}/{{pset}}/eps{{eps}}_seed{{seed}}.npz"),
-        reference=f"{R}/eval/reference/{{pset}}.npz",
+        features=lambda wc: sorted({features_path(*c) for c in cells() if c[0] == wc.method}),
+        private=f"{R}/eval/private_sets.npz",
     output:
-        per_epsilon(f"{R}/eval/metrics/{{method}}/{{pset}}/eps{{eps}}_seed{{seed}}.json"),
-    wildcard_constraints:
-        method="|".join(DP_GRID_METHODS),
+        f"{R}/eval/scores/{{method}}.csv",
     params:
         settings=settings("evaluation"),
-        eps=" ".join(FINITE_EPSILONS),
-    threads: THREADS
     resources:
-        **stage_resources("encoder"),
+        **stage_resources("light"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
-        f"{R}/logs/evaluate/{{method}}_{{pset}}_seed{{seed}}.log",
+        f"{R}/logs/score/{{method}}.log",
     benchmark:
-        f"{R}/benchmarks/evaluate/{{method}}_{{pset}}_seed{{seed}}.tsv"
+        f"{R}/benchmarks/score/{{method}}.tsv"
     shell:
-        "python workflow/scripts/evaluate.py --settings {params.settings} --threads {threads}"
-        " --samples {input.samples} --reference {input.reference} --method {wildcards.method}"
-        " --pset {wildcards.pset} --epsilon {params.eps} --seed {wildcards.seed}"
-        " --out {output} > {log} 2>&1"
-
-
-rule evaluate_reference:
-    """EVALUATION ONLY: FID and KID of one epsilon = inf cell (base, nonprivate, DP-DeepSets without noise)."""
-    input:
-        samples=lambda wc: sample_path(wc.method, wc.pset, wc.eps, wc.seed),
-        reference=f"{R}/eval/reference/{{pset}}.npz",
-    output:
-        f"{R}/eval/metrics/{{method}}/{{pset}}/eps{{eps}}_seed{{seed}}.json",
-    wildcard_constraints:
-        eps="inf",
-    params:
-        settings=settings("evaluation"),
-    threads: THREADS
-    resources:
-        **stage_resources("encoder"),
-    conda:
-        "../../envs/dpdeepsets.yaml"
-    log:
-        f"{R}/logs/evaluate/{{method}}_{{pset}}_eps{{eps}}_seed{{seed}}.log",
-    benchmark:
-        f"{R}/benchmarks/evaluate/{{method}}_{{pset}}_eps{{eps}}_seed{{seed}}.tsv"
-    shell:
-        "python workflow/scripts/evaluate.py --settings {params.settings} --threads {threads}"
-        " --samples {input.samples} --reference {input.reference} --method {wildcards.method}"
-        " --pset {wildcards.pset} --epsilon {wildcards.eps} --seed {wildcards.seed}"
-        " --out {output} > {log} 2>&1"
+        "python {SCRIPTS}/score.py --settings {params.settings} --features {input.features}"
+        " --private {input.private} --out {output} > {log} 2>&1"

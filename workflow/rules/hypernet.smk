@@ -1,5 +1,5 @@
 rule train_hypernet:
-    """Noise-aware training of the DeepSets hypernetwork on public subsets only."""
+    """Public: noise-aware training of the DeepSets hypernetwork on the public LoRA bank."""
     input:
         embeddings=f"{R}/embeddings/public.npy",
         subsets=f"{R}/subsets/public.npz",
@@ -14,12 +14,12 @@ rule train_hypernet:
     resources:
         **stage_resources("cpu_train"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
         f"{R}/logs/train_hypernet.log",
     benchmark:
         f"{R}/benchmarks/train_hypernet.tsv"
     shell:
-        "python workflow/scripts/train_hypernet.py --settings {params.settings}"
+        "python {SCRIPTS}/train_hypernet.py --settings {params.settings}"
         " --threads {threads} --embeddings {input.embeddings} --subsets {input.subsets}"
         " --bank {input.bank} --out {output.model} --out-summary {output.summary} > {log} 2>&1"

@@ -1,3 +1,5 @@
+# THE DP STEP of DP-DeepSets: the only stage whose released output depends on private data.
+
 if not config["privacy"]["key_file"]:
 
     rule noise_key:
@@ -13,48 +15,52 @@ if not config["privacy"]["key_file"]:
 
 
 rule release_embedding:
-    """THE DP STEP: clipped mean of one private set's embeddings + analytic Gaussian noise."""
+    """DP: one private set's clipped mean embedding + analytic Gaussian noise, at every finite epsilon."""
     input:
         embeddings=f"{R}/embeddings/private.npy",
         sets=f"{R}/subsets/private.npz",
         key=NOISE_KEY,
     output:
-        f"{R}/release/{{pset}}/eps{{eps}}_seed{{seed}}.json",
+        per_epsilon(f"{R}/release/{{pset}}/eps{{eps}}_seed{{seed}}.json"),
     params:
         settings=settings("privacy"),
-        n=config["subsets"]["set_size"],
+        eps=" ".join(FINITE_EPSILONS),
     priority: PRIORITY_CRITICAL
     resources:
         **stage_resources("light"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
-        f"{R}/logs/release_embedding/{{pset}}_eps{{eps}}_seed{{seed}}.log",
+        f"{R}/logs/release_embedding/{{pset}}_seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/release_embedding/{{pset}}_eps{{eps}}_seed{{seed}}.tsv"
+        f"{R}/benchmarks/release_embedding/{{pset}}_seed{{seed}}.tsv"
     shell:
-        "python workflow/scripts/release_embedding.py --settings {params.settings}"
-        " --embeddings {input.embeddings} --sets {input.sets} --key {input.key} --n {params.n}"
-        " --pset {wildcards.pset} --epsilon {wildcards.eps} --seed {wildcards.seed}"
+        "python {SCRIPTS}/release_embedding.py --settings {params.settings}"
+        " --embeddings {input.embeddings} --sets {input.sets} --key {input.key} --n {SET_SIZE}"
+        " --pset {wildcards.pset} --epsilon {params.eps} --seed {wildcards.seed}"
         " --out {output} > {log} 2>&1"
 
 
-rule generate_lora:
-    """Post-processing: the hypernetwork maps the released embedding to a PEFT adapter."""
+rule release_reference:
+    """NOT private: the exact clipped mean (epsilon = inf, no noise), a non-private reference cell."""
     input:
-        release=f"{R}/release/{{pset}}/eps{{eps}}_seed{{seed}}.json",
-        hypernet=f"{R}/hypernet/hypernet.pt",
+        embeddings=f"{R}/embeddings/private.npy",
+        sets=f"{R}/subsets/private.npz",
+        key=NOISE_KEY,
     output:
-        directory(f"{R}/adapters/dpdeepsets/{{pset}}/eps{{eps}}_seed{{seed}}"),
-    priority: PRIORITY_CRITICAL
+        f"{R}/release/{{pset}}/epsinf_seed{{seed}}.json",
+    params:
+        settings=settings("privacy"),
     resources:
         **stage_resources("light"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
-        f"{R}/logs/generate_lora/{{pset}}_eps{{eps}}_seed{{seed}}.log",
+        f"{R}/logs/release_embedding/{{pset}}_epsinf_seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/generate_lora/{{pset}}_eps{{eps}}_seed{{seed}}.tsv"
+        f"{R}/benchmarks/release_embedding/{{pset}}_epsinf_seed{{seed}}.tsv"
     shell:
-        "python workflow/scripts/generate_lora.py --release {input.release}"
-        " --hypernet {input.hypernet} --out {output} > {log} 2>&1"
+        "python {SCRIPTS}/release_embedding.py --settings {params.settings}"
+        " --embeddings {input.embeddings} --sets {input.sets} --key {input.key} --n {SET_SIZE}"
+        " --pset {wildcards.pset} --epsilon inf --seed {wildcards.seed}"
+        " --out {output} > {log} 2>&1"

@@ -1,53 +1,105 @@
+# DDIM samples of every cell, their Inception pool3 features and (with
+# evaluation.class_histogram) the public digit classifier's labels. Samples and features are
+# post-processing of the adapters: released artifacts, computed without private data.
+
+
+def _sample_inputs(eps_list):
+    def inputs(wildcards):
+        out = {"base": f"{R}/base", **sample_inputs(wildcards, eps_list), **classifier_input(wildcards)}
+        out.update(inception_input(wildcards))
+        return out
+
+    return inputs
+
+
+SAMPLE_SHELL = (
+    "python {SCRIPTS}/sample.py --settings {params.settings} --threads {threads}"
+    " --base {input.base} {params.adapter} {params.classifier} {params.inception}"
+    " --seed {wildcards.seed} --out {output.samples} --out-grid {output.grids}"
+    " --out-features {output.features} > {log} 2>&1"
+)
+
+
 rule sample:
-    """DDIM samples of one DP method / private set / seed at every finite epsilon, one process (same seed for all methods)."""
+    """Released: samples of one grid method / private set / seed at every finite epsilon, sampled in one batched pass."""
     input:
-        base=f"{R}/base",
-        adapters=per_epsilon(f"{R}/adapters/{{method}}/{{pset}}/eps{{eps}}_seed{{seed}}"),
+        unpack(_sample_inputs(FINITE_EPSILONS)),
     output:
         samples=per_epsilon(f"{R}/samples/{{method}}/{{pset}}/eps{{eps}}_seed{{seed}}.npz"),
         grids=per_epsilon(f"{R}/samples/{{method}}/{{pset}}/eps{{eps}}_seed{{seed}}.png"),
+        features=per_epsilon(f"{R}/features/{{method}}/{{pset}}/eps{{eps}}_seed{{seed}}.npz"),
     wildcard_constraints:
-        method="|".join(DP_GRID_METHODS),
+        method=alternatives(GRID),
+        pset=r"p\d+",
     params:
-        settings=settings("sampling"),
+        settings=settings("sampling", "evaluation"),
+        adapter=adapter_flag,
+        classifier=classifier_flag,
+        inception=inception_flag,
     threads: THREADS
     resources:
         **stage_resources("sampling"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
         f"{R}/logs/sample/{{method}}_{{pset}}_seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/sample/{{method}}_{{pset}}_seed{{seed}}.tsv"
     shell:
-        "python workflow/scripts/sample.py --settings {params.settings} --threads {threads}"
-        " --base {input.base} --adapter {input.adapters} --seed {wildcards.seed}"
-        " --out {output.samples} --out-grid {output.grids} > {log} 2>&1"
+        SAMPLE_SHELL
 
 
 rule sample_reference:
-    """DDIM samples of one epsilon = inf cell: the base model, nonprivate, DP-DeepSets without noise (NON-private references)."""
+    """NOT private: samples of one epsilon = inf cell (nonprivate, DP-DeepSets without noise): reference artifacts."""
     input:
-        unpack(adapter_input),
-        base=f"{R}/base",
+        unpack(_sample_inputs(["inf"])),
     output:
-        samples=f"{R}/samples/{{method}}/{{pset}}/eps{{eps}}_seed{{seed}}.npz",
-        grid=f"{R}/samples/{{method}}/{{pset}}/eps{{eps}}_seed{{seed}}.png",
+        samples=f"{R}/samples/{{method}}/{{pset}}/epsinf_seed{{seed}}.npz",
+        grids=f"{R}/samples/{{method}}/{{pset}}/epsinf_seed{{seed}}.png",
+        features=f"{R}/features/{{method}}/{{pset}}/epsinf_seed{{seed}}.npz",
     wildcard_constraints:
-        eps="inf",
+        pset=r"p\d+",
     params:
-        settings=settings("sampling"),
-        adapter=lambda wc, input: f"--adapter {input.adapter}" if "adapter" in input.keys() else "",
+        settings=settings("sampling", "evaluation"),
+        adapter=adapter_flag,
+        classifier=classifier_flag,
+        inception=inception_flag,
     threads: THREADS
     resources:
         **stage_resources("sampling"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
-        f"{R}/logs/sample/{{method}}_{{pset}}_eps{{eps}}_seed{{seed}}.log",
+        f"{R}/logs/sample/{{method}}_{{pset}}_epsinf_seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/sample/{{method}}_{{pset}}_eps{{eps}}_seed{{seed}}.tsv"
+        f"{R}/benchmarks/sample/{{method}}_{{pset}}_epsinf_seed{{seed}}.tsv"
     shell:
-        "python workflow/scripts/sample.py --settings {params.settings} --threads {threads}"
-        " --base {input.base} {params.adapter} --seed {wildcards.seed}"
-        " --out {output.samples} --out-grid {output.grid} > {log} 2>&1"
+        SAMPLE_SHELL
+
+
+rule sample_public:
+    """Released: samples of one public-only cell (epsilon = 0: no private data), e.g. the base model."""
+    input:
+        unpack(_sample_inputs(["0"])),
+    output:
+        samples=f"{R}/samples/{{method}}/all/eps0_seed{{seed}}.npz",
+        grids=f"{R}/samples/{{method}}/all/eps0_seed{{seed}}.png",
+        features=f"{R}/features/{{method}}/all/eps0_seed{{seed}}.npz",
+    wildcard_constraints:
+        method=alternatives(PUBLIC_ONLY),
+    params:
+        settings=settings("sampling", "evaluation"),
+        adapter=adapter_flag,
+        classifier=classifier_flag,
+        inception=inception_flag,
+    threads: THREADS
+    resources:
+        **stage_resources("sampling"),
+    conda:
+        ENV
+    log:
+        f"{R}/logs/sample/{{method}}_seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/sample/{{method}}_seed{{seed}}.tsv"
+    shell:
+        SAMPLE_SHELL

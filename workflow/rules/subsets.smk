@@ -1,5 +1,5 @@
 rule build_subsets:
-    """k-NN sets: M public subsets (hypernetwork training) or P private sets (evaluation)."""
+    """k-NN sets: public subsets (the LoRA bank), public proxy sets (validation) or private sets (evaluation)."""
     input:
         f"{R}/embeddings/{{pool}}.npy",
     output:
@@ -10,11 +10,11 @@ rule build_subsets:
     resources:
         **stage_resources("light"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
         f"{R}/logs/build_subsets_{{pool}}.log",
     benchmark:
         f"{R}/benchmarks/build_subsets_{{pool}}.tsv"
     shell:
-        "python workflow/scripts/build_subsets.py --settings {params.settings}"
+        "python {SCRIPTS}/build_subsets.py --settings {params.settings}"
         " --embeddings {input} --pool {wildcards.pool} --out {output} > {log} 2>&1"

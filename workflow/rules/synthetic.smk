@@ -31,13 +31,13 @@ rule synthetic_experiment:
     resources:
         **stage_resources("cpu_train"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
         f"{R}/logs/synthetic.log",
     benchmark:
         f"{R}/benchmarks/synthetic.tsv"
     shell:
-        "python workflow/scripts/synthetic.py --settings {params.settings} --threads {threads}"
+        "python {SCRIPTS}/synthetic.py --settings {params.settings} --threads {threads}"
         " --out-csv {output.csv} --out-shift-csv {output.shift_csv}"
         " --out-tuning-csv {output.tuning_csv} --out-plot {output.plot}"
         " --out-shift-plot {output.shift_plot} --out-summary {output.summary} > {log} 2>&1"

@@ -1,139 +1,142 @@
 #!/usr/bin/env python
-"""fit_baseline: a gradient-based LoRA baseline on one private set (or the public LoRA).
+"""fit_baseline: a gradient-fitted method on one private set (or the public-pool LoRA).
 
-Methods (dpdeepsets.dpsgd.train_lora, one training loop):
-  nonprivate       LoRA fitted on the private set without noise (NOT private; the ceiling)
-  dpsgd            opacus DP-SGD (Poisson sampling, PRV/RDP accountant, per-sample clipping)
-  public_ft_dpsgd  DP-SGD started from the public LoRA (--public-lora)
-  pda_dpmd         public-data-assisted mirror descent from the public LoRA (needs --public)
-  public_lora      the non-private LoRA fitted on the PUBLIC pool (the start of the two above)
+--method M           a registered method whose producer is fit_baseline (dpdeepsets.methods):
+                     the DP-SGD methods (dpsgd, public_ft_dpsgd, pda_dpmd: one independent fit
+                     per --epsilon, noise and Poisson batches from the secret key) or the
+                     NON-private nonprivate reference (--epsilon inf)
+--public-pool        the non-private LoRA of the PUBLIC pool (the start of the public_start methods)
 
-DP methods are a DP step: they read private data and write an adapter whose privacy is
-accounted by opacus' accountant; the accountant's numbers go to --out-ledger.
-
-Several epsilons of one method and private set run in one process (one independent
-training run each, from the freshly loaded base model and the same seed, so each equals the
-run of a process of its own): pass one --out and one --out-ledger per --epsilon.
+DP fits are a DP step: they read private data and write adapters whose privacy is accounted
+by dpdeepsets.privacy; the numbers go to --out-ledger. Their per-step losses are private and
+are neither logged nor stored. Each epsilon starts from the freshly loaded base model, so a
+grid job equals one process per epsilon.
 """
 
 from dpdeepsets import cli
-from dpdeepsets.io import Stopwatch, parse_epsilon, pick_device, set_threads, setup_logging, write_json
+from dpdeepsets.io import Stopwatch, pick_device, set_threads, setup_logging, write_json
 
 SECTIONS = ["baselines", "lora", "privacy"]
-METHODS = ["nonprivate", "dpsgd", "public_ft_dpsgd", "pda_dpmd", "public_lora"]
 
 
 def main():
     p = cli.make_parser(__doc__, SECTIONS)
-    p.add_argument("--method", required=True, choices=METHODS)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--method", help="a gradient-fitted method of the registry")
+    who.add_argument("--public-pool", action="store_true", help="fit the public-pool LoRA")
     p.add_argument("--base", required=True, help="base model directory")
-    p.add_argument("--private", help="private pool .npz (private methods)")
-    p.add_argument("--sets", help="private sets .npz (private methods)")
-    p.add_argument("--pset", help="private set id, e.g. p0 (private methods)")
-    p.add_argument("--public", help="public pool .npz (public_lora, pda_dpmd)")
-    p.add_argument("--public-lora", help="public LoRA adapter directory (public_ft_dpsgd, pda_dpmd)")
+    p.add_argument("--private", help="private pool .npz")
+    p.add_argument("--sets", help="private sets .npz")
+    p.add_argument("--pset", help="private set id, e.g. p0")
+    p.add_argument("--n", type=int, help="the public set size n (subsets.set_size): the sample rate is batch / n")
+    p.add_argument("--key", help="the secret noise key (DP methods, privacy.noise=keyed)")
+    p.add_argument("--public", help="public pool .npz (--public-pool, public_gradient methods)")
+    p.add_argument("--public-lora", help="public-pool LoRA adapter directory (public_start methods)")
     p.add_argument("--epsilon", nargs="+", default=["inf"],
-                   help="target epsilon(s) (DP methods), 'inf' otherwise; one run each")
-    p.add_argument("--seed", type=int, default=0, help="experiment seed")
+                   help="target epsilon(s) (DP methods), 'inf' otherwise; one fit each")
+    p.add_argument("--seed", type=int, default=0, help="experiment replicate")
     p.add_argument("--out", nargs="+", required=True, help="output PEFT adapter directory per epsilon")
-    p.add_argument("--out-ledger", nargs="+", help="ledger .json per epsilon (every method but public_lora)")
+    p.add_argument("--out-ledger", nargs="+", help="ledger .json per epsilon (private-set fits)")
     args = p.parse_args()
-    settings = cli.read_settings(args, SECTIONS)
-    cfg, lcfg, priv = settings["baselines"], settings["lora"], settings["privacy"]
+    # The public-pool LoRA reads no privacy settings (changing them must not refit it).
+    settings = cli.read_settings(args, SECTIONS[:2] if args.public_pool else SECTIONS)
+    cfg, lcfg, priv = settings["baselines"], settings["lora"], settings.get("privacy")
     log = setup_logging("fit_baseline")
     set_threads(args.threads)
     import math
 
-    import numpy as np
+    from dpdeepsets import baselines, data, diffusion, lora, methods, noise
+    from dpdeepsets.io import parse_epsilon
+    from dpdeepsets.seeds import derive_seed
 
-    from dpdeepsets import data, diffusion, dpsgd, lora
-
-    method = args.method
-    dp = method in dpsgd.DP_METHODS
+    if args.public_pool:
+        method, dp = methods.Method("public_pool_lora", "public-pool LoRA", "public_only", None,
+                                    "the non-private LoRA of the public pool"), False
+    else:
+        method = methods.get(args.method)
+        if method.producer != "fit_baseline":
+            raise ValueError(f"{method.name} is not a gradient-fitted method")
+        dp = method.privacy == "dp_sgd"
     epsilons = [parse_epsilon(e) for e in args.epsilon]
     for text, eps in zip(args.epsilon, epsilons):
-        if dp and not math.isfinite(eps):
-            raise ValueError(f"{method} needs a finite --epsilon, got {text}")
-        if not dp and math.isfinite(eps):
-            raise ValueError(f"{method} is not private: use --epsilon inf")
-    for flag, needed in (("--private", method != "public_lora"), ("--sets", method != "public_lora"),
-                         ("--pset", method != "public_lora"), ("--out-ledger", method != "public_lora"),
-                         ("--public", method in ("public_lora", "pda_dpmd")),
-                         ("--public-lora", method in dpsgd.PUBLIC_START)):
+        if dp != math.isfinite(eps):
+            raise ValueError(f"{method.name} needs {'a finite' if dp else 'inf as'} --epsilon, got {text}")
+    needs = {"--private": not args.public_pool, "--sets": not args.public_pool,
+             "--pset": not args.public_pool, "--n": not args.public_pool,
+             "--out-ledger": not args.public_pool, "--key": dp and priv["noise"] == "keyed",
+             "--public": args.public_pool or method.public_gradient,
+             "--public-lora": method.public_start}
+    for flag, needed in needs.items():
         if needed and getattr(args, flag[2:].replace("-", "_")) is None:
-            raise ValueError(f"{method} needs {flag}")
-    ledgers = args.out_ledger if method != "public_lora" else [None] * len(args.out)
+            raise ValueError(f"{method.name} needs {flag}")
+    ledgers = args.out_ledger or [None] * len(args.out)
     if not len(epsilons) == len(args.out) == len(ledgers):
         raise ValueError(f"{len(epsilons)} --epsilon, {len(args.out)} --out and "
                          f"{len(ledgers)} --out-ledger: give one of each per epsilon")
-    if priv["noise"] == "secure" and dp:
-        log.info("privacy.noise=secure: opacus secure_mode (needs torchcsprng)")
 
     device = pick_device()
-    public = None
-    if args.public:
-        public = diffusion.images_to_tensor(data.load_split(args.public)[0])
-    extra = {}
-    if method == "public_lora":
-        images, pset, train_method = public, "public", "nonprivate"
-        extra = {"steps": cfg["public_steps"]}
-        run_cfg = {**cfg, "batch_size": cfg["public_batch_size"]}
+    public = diffusion.images_to_tensor(data.load_split(args.public)[0]) if args.public else None
+    if args.public_pool:
+        images, pset = public, "public"
     else:
-        index = int(args.pset.lstrip("p"))
-        members = np.load(args.sets)["members"]
-        if not 0 <= index < len(members):
-            raise ValueError(f"private set {args.pset} does not exist ({len(members)} sets)")
-        images = diffusion.images_to_tensor(data.load_split(args.private)[0][members[index]])
-        pset, train_method, run_cfg = args.pset, method, cfg
-    seed = cfg["seed"] * 1_000_003 + args.seed
-    public_factors = dpsgd.load_adapter_factors(args.public_lora) if args.public_lora else None
+        private, _ = data.load_split(args.private, mmap=True)
+        images = diffusion.images_to_tensor(private[data.private_set_rows(args.sets, args.pset)])
+        pset = args.pset
+    init_factors = lora.load_adapter_factors(args.public_lora) if args.public_lora else None
     for text, eps, out, out_ledger in zip(args.epsilon, epsilons, args.out, ledgers):
-        # Every run starts from the freshly loaded base model: runs are independent.
+        hyper = (baselines.public_pool_hyper(cfg) if args.public_pool
+                 else baselines.hyperparameters(cfg, method.name, eps))
+        # Every fit starts from the freshly loaded base model: fits are independent.
         unet, scheduler = diffusion.load_base(args.base)
         unet.to(device)
         targets = lora.find_targets(unet, lcfg["target_modules"], lcfg["rank"])
-        basis = lora.make_basis(targets, lcfg["rank"], lcfg["basis_seed"])
-        basis = {k: v.to(device) for k, v in basis.items()}
-        init = None
-        if public_factors is not None:
-            a, b = public_factors
-            if set(a) != {t.name for t in targets}:
-                raise ValueError(f"{args.public_lora}: its target modules differ from lora.target_modules")
-            if cfg["parametrisation"] == "gauge_fixed":
-                drift = max(float((a[k].to(device) - basis[k]).abs().max()) for k in a)
-                if drift > 1e-6:
-                    raise ValueError(f"{args.public_lora}: its A is not the gauge-fixed basis "
-                                     f"(fitted with another parametrisation or basis_seed)")
-            init = ({k: v.to(device) for k, v in a.items()}, {k: v.to(device) for k, v in b.items()})
-        log.info("%s on %s: %d images, parametrisation %s, epsilon %s", method, pset,
-                 images.shape[0], cfg["parametrisation"], text)
-        with Stopwatch(log, f"{method} fit"):
-            result = dpsgd.train_lora(
-                unet, scheduler, targets, images.to(device), method=train_method, cfg=run_cfg,
-                rank=lcfg["rank"], alpha=lcfg["alpha"], basis=basis, init=init,
-                epsilon=eps if dp else None, delta=priv["delta"] if dp else None,
-                public_images=public, seed=seed, secure=priv["noise"] == "secure",
-                device=device, desc=f"{method} {pset} eps{text}", **extra)
+        basis = {k: v.to(device) for k, v in lora.make_basis(targets, lcfg["rank"], lcfg["basis_seed"]).items()}
+        init = None if init_factors is None else _start(init_factors, targets, basis, cfg, args.public_lora, device)
+        plan = source = None
+        if dp:
+            plan = baselines.plan_dp(hyper, n=args.n, epsilon=eps, delta=priv["delta"],
+                                     accountant=cfg["accountant"], prv_max_epsilon=cfg["prv_max_epsilon"])
+            source = noise.noise_source(priv["noise"], args.key, noise.cell_identity(
+                mechanism="dp_sgd", method=method.name, pset=pset, epsilon=eps, seed=args.seed))
+        log.info("%s on %s: %d images, %d steps, batch %d, lr %g (%s), epsilon %s", method.name,
+                 pset, images.shape[0], hyper.steps, hyper.batch_size, hyper.lr, hyper.source, text)
+        with Stopwatch(log, f"{method.name} fit"):
+            result = baselines.fit_lora(
+                unet, scheduler, targets, images.to(device), method=method, hyper=hyper,
+                rank=lcfg["rank"], alpha=lcfg["alpha"], parametrisation=cfg["parametrisation"],
+                basis=basis, init=init, dp=plan, noise=source, public_images=public,
+                public_batch_size=cfg["pda_public_batch_size"],
+                grad_sample_mode=cfg["grad_sample_mode"],
+                draws_seed=derive_seed(cfg["seed"], "fit", method.name, pset, text, args.seed),
+                device=device, desc=f"{method.name} {pset} eps{text}")
         dim = sum(t.out_features * lcfg["rank"] + (t.fan_in * lcfg["rank"]
                                                    if cfg["parametrisation"] == "full" else 0)
                   for t in targets)
-        meta = {"method": method, "pset": pset, "epsilon": text, "seed": args.seed,
+        meta = {"method": method.name, "pset": pset, "epsilon": text,
                 "parametrisation": cfg["parametrisation"]}
-        ledger = None
-        if method != "public_lora":
-            ledger = dpsgd.dpsgd_ledger_entry(
-                method=method, pset=pset, seed=args.seed, epsilon=eps, delta=priv["delta"],
-                n=images.shape[0], dim=dim, cfg=cfg, privacy=result.privacy,
-                noise_source="secure" if priv["noise"] == "secure" else f"seeded ({seed})")
-            meta.update({k: ledger[k] for k in ("delta", "sigma", "accounted_epsilon")})
+        if out_ledger is not None:
+            ledger = baselines.ledger_entry(
+                method=method.name, pset=pset, seed=args.seed, epsilon=eps, delta=priv["delta"],
+                n=args.n, dim=dim, hyper=hyper, parametrisation=cfg["parametrisation"],
+                privacy=result.privacy, noise=source)
+            meta.update({k: ledger[k] for k in ("delta", "sigma", "accounted_epsilon", "adjacency")})
+            write_json(out_ledger, {"ledger": ledger})
         lora.save_peft_adapter(out, targets, result.a, result.b, rank=lcfg["rank"],
                                alpha=lcfg["alpha"], extra_meta=meta)
-        if ledger is not None:
-            write_json(out_ledger, {"ledger": ledger,
-                                    "final_loss": result.losses[-1] if result.losses else None})
-            log.info("ledger: %s", {k: ledger[k] for k in ("epsilon", "accounted_epsilon", "sigma",
-                                                            "sample_rate", "steps")})
         log.info("wrote adapter %s (%d trainable LoRA parameters)", out, dim)
+
+
+def _start(factors, targets, basis, cfg, path, device):
+    """The public-pool LoRA as a start: same targets, and (gauge-fixed) the same basis A."""
+    a, b = factors
+    if set(a) != {t.name for t in targets}:
+        raise ValueError(f"{path}: its target modules differ from lora.target_modules")
+    if cfg["parametrisation"] == "gauge_fixed":
+        drift = max(float((a[k].to(device) - basis[k]).abs().max()) for k in a)
+        if drift > 1e-6:
+            raise ValueError(f"{path}: its A is not the gauge-fixed basis (fitted with another "
+                             f"parametrisation or basis_seed)")
+    return ({k: v.to(device) for k, v in a.items()}, {k: v.to(device) for k, v in b.items()})
 
 
 if __name__ == "__main__":

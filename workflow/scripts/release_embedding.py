@@ -2,13 +2,15 @@
 """release_embedding: THE DP STEP. Clip, average and noise one private set's embeddings.
 
 This is the only stage whose output depends on private data and is released. It reads the
-private embeddings and the private set's member list, calls
-dpdeepsets.privacy.release_clipped_mean (analytic Gaussian mechanism), and writes the noisy
-d-dimensional mean together with its privacy-ledger entry.
+private embeddings, the private set's member list and the secret noise key, calls
+dpdeepsets.privacy.release_clipped_mean (analytic Gaussian mechanism; the clipped sum is
+divided by the public set size n) once per epsilon, and writes each noisy d-dimensional
+mean with its privacy-ledger entry. Every epsilon is an independent release with its own
+key-derived noise. The ledger holds no seed: without the key the noise cannot be recomputed.
 """
 
 from dpdeepsets import cli
-from dpdeepsets.io import format_epsilon, parse_epsilon, setup_logging, write_json
+from dpdeepsets.io import setup_logging, write_json
 
 SECTIONS = ["privacy"]
 
@@ -21,34 +23,32 @@ def main():
     p.add_argument("--n", type=int, required=True,
                    help="the public set size n (subsets.set_size): the release divides by it")
     p.add_argument("--pset", required=True, help="private set id, e.g. p0")
-    p.add_argument("--epsilon", required=True, help="epsilon, or 'inf' for the non-private reference")
-    p.add_argument("--seed", type=int, required=True, help="experiment seed")
-    p.add_argument("--out", required=True, help="release .json")
+    p.add_argument("--epsilon", nargs="+", required=True,
+                   help="epsilon(s), or 'inf' for the non-private reference; one release each")
+    p.add_argument("--seed", type=int, required=True, help="experiment replicate (not a noise seed)")
+    p.add_argument("--out", nargs="+", required=True, help="release .json, one per --epsilon")
     args = p.parse_args()
+    if len(args.epsilon) != len(args.out):
+        raise ValueError(f"{len(args.epsilon)} --epsilon and {len(args.out)} --out: one of each per release")
     priv = cli.read_settings(args, SECTIONS)["privacy"]
     log = setup_logging("release_embedding")
-    import numpy as np
-
     from dpdeepsets import noise, privacy
-    from dpdeepsets.data import load_embeddings
+    from dpdeepsets.data import load_embeddings, private_set_rows
+    from dpdeepsets.io import format_epsilon, parse_epsilon
 
-    index = int(args.pset.lstrip("p"))
-    members = np.load(args.sets)["members"]
-    if not 0 <= index < len(members):
-        raise ValueError(f"private set {args.pset} does not exist ({len(members)} sets)")
-    x = load_embeddings(args.embeddings)[members[index]]  # refuses NaN/Inf, names the file
-    eps = parse_epsilon(args.epsilon)
-    cell = f"{args.pset}/{format_epsilon(eps)}/{args.seed}"
-    source = noise.noise_source(priv["noise"], args.key, noise.cell_identity(
-        mechanism="release_embedding", pset=args.pset, epsilon=eps, seed=args.seed))
-    noisy, ledger = privacy.release_clipped_mean(
-        x, epsilon=eps, delta=priv["delta"], clip_norm=priv["clip_norm"],
-        adjacency=priv["adjacency"], n=args.n, noise=source)
-    ledger.update({"pset": args.pset, "seed": args.seed, "method": "dpdeepsets"})
-    write_json(args.out, {"ledger": ledger, "noisy_embedding": noisy.tolist()})
-    log.info("released %s: n=%d d=%d epsilon=%s delta=%g sigma=%.6g (%s noise)", cell,
-             ledger["n"], ledger["dim"], args.epsilon, ledger["delta"], ledger["sigma"],
-             ledger["noise_source"])
+    x = load_embeddings(args.embeddings)[private_set_rows(args.sets, args.pset)]
+    for text, out in zip(args.epsilon, args.out):
+        eps = parse_epsilon(text)
+        source = noise.noise_source(priv["noise"], args.key, noise.cell_identity(
+            mechanism="release_embedding", pset=args.pset, epsilon=eps, seed=args.seed))
+        noisy, ledger = privacy.release_clipped_mean(
+            x, epsilon=eps, delta=priv["delta"], clip_norm=priv["clip_norm"],
+            adjacency=priv["adjacency"], n=args.n, noise=source)
+        ledger.update({"pset": args.pset, "seed": args.seed, "method": "dpdeepsets"})
+        write_json(out, {"ledger": ledger, "noisy_embedding": noisy.tolist()})
+        log.info("released %s eps=%s: d=%d delta=%g sigma=%.6g (%s noise, %s)", args.pset,
+                 format_epsilon(eps), ledger["dim"], ledger["delta"], ledger["sigma"],
+                 ledger["noise_source"], ledger["adjacency"])
 
 
 if __name__ == "__main__":

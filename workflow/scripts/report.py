@@ -1,40 +1,54 @@
 #!/usr/bin/env python
-"""report: results/metrics.csv, the per-method summary, the privacy ledger and the FID/KID-vs-epsilon plots.
+"""report: metrics, summary (paired bootstrap intervals), specificity, privacy ledger and budget, plots.
 
-EVALUATION OUTPUT: the metrics are scores against the private sets (not a DP release).
+EVALUATION OUTPUT: the metrics are scores against the private sets (not a DP release). The
+ledger and the budget are computed from the releases' and fits' ledger entries only.
 """
 
 from dpdeepsets import cli
 from dpdeepsets.io import setup_logging
 
-SECTIONS = ["privacy"]
+SECTIONS = ["privacy", "evaluation"]
 
 
 def main():
     p = cli.make_parser(__doc__, SECTIONS)
-    p.add_argument("--metrics", nargs="+", required=True, help="per-cell metrics .json files")
-    p.add_argument("--releases", nargs="+", required=True, help="release .json files (and baseline ledger .json files)")
-    p.add_argument("--out-metrics", required=True)
-    p.add_argument("--out-summary", required=True, help="per (method, epsilon) mean/std .csv")
-    p.add_argument("--out-ledger", required=True)
-    p.add_argument("--out-fid-plot", required=True)
-    p.add_argument("--out-kid-plot", required=True)
+    p.add_argument("--scores", nargs="+", required=True, help="per-method scores .csv files")
+    p.add_argument("--releases", nargs="+", required=True,
+                   help="release .json files and fit ledger .json files")
+    p.add_argument("--figure-epsilon", required=True, help="epsilon of the sample figure")
+    for name in ("metrics", "summary", "specificity", "ledger", "budget", "fid-plot",
+                 "kid-plot", "specificity-plot"):
+        p.add_argument(f"--out-{name}", required=True)
     args = p.parse_args()
-    priv = cli.read_settings(args, SECTIONS)["privacy"]
+    cfg = cli.read_settings(args, SECTIONS)
+    priv, ev = cfg["privacy"], cfg["evaluation"]
     log = setup_logging("report")
-    from dpdeepsets import report
+    from dpdeepsets import figures, tables
+    from dpdeepsets.io import parse_epsilon
 
-    df = report.metrics_table(args.metrics)
-    report.write_csv(args.out_metrics, df)
-    ledger = report.ledger_table(args.releases, priv["delta"])
-    report.write_csv(args.out_ledger, ledger)
-    report.plot_fid_vs_epsilon(args.out_fid_plot, df, "fid")
-    report.plot_fid_vs_epsilon(args.out_kid_plot, df, "kid")
-
-    summary = report.summary_table(df)
-    report.write_csv(args.out_summary, summary)
-    log.info("mean over sets and seeds:\n%s", summary.to_string())
-    log.info("wrote %s, %s and figures", args.out_metrics, args.out_ledger)
+    scores = tables.read_scores(args.scores)
+    metrics = tables.metrics_table(scores)
+    tables.write_csv(args.out_metrics, metrics)
+    spec, spec_summary = tables.specificity_table(scores)
+    tables.write_csv(args.out_specificity, spec)
+    summary = tables.summary_table(metrics, resamples=ev["bootstrap"]).merge(
+        spec_summary, on=["method", "epsilon"], how="left")
+    tables.write_csv(args.out_summary, summary)
+    ledger = tables.ledger_table(args.releases)
+    tables.write_csv(args.out_ledger, ledger)
+    fig_eps = parse_epsilon(args.figure_epsilon)
+    tables.write_csv(args.out_budget, tables.budget_table(ledger, fig_eps, priv["delta"]))
+    figures.plot_vs_epsilon(args.out_fid_plot, metrics, "fid")
+    figures.plot_vs_epsilon(args.out_kid_plot, metrics, "kid")
+    figures.plot_specificity(args.out_specificity_plot, scores, fig_eps)
+    with_margin = summary.dropna(subset=["fid_margin"]) if "fid_margin" in summary else summary
+    log.info("summary (margin = method FID - DP-DeepSets FID, paired, 95%% bootstrap interval):\n%s",
+             with_margin.to_string())
+    log.info("specificity (cells whose own private set is the closest, by FID / by class "
+             "histogram):\n%s", spec_summary.to_string())
+    log.info("wrote %s, %s, %s, %s and the plots", args.out_metrics, args.out_summary,
+             args.out_specificity, args.out_ledger)
 
 
 if __name__ == "__main__":

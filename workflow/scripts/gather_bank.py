@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""gather_loras: concatenate the fit_lora shards into one public LoRA bank."""
+"""gather_bank: concatenate the fit_bank_shard shards into one public LoRA bank."""
 
 import argparse
 
@@ -12,7 +12,7 @@ def main():
     p.add_argument("--shards", nargs="+", required=True, help="shard .safetensors files, in order")
     p.add_argument("--out", required=True, help="gathered bank .safetensors")
     args = p.parse_args()
-    log = setup_logging("gather_loras")
+    log = setup_logging("gather_bank")
     import numpy as np
     import torch
 

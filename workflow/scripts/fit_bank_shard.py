@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""fit_lora: fit one gauge-fixed LoRA per public subset for one shard of subsets (batched)."""
+"""fit_bank_shard: fit one gauge-fixed LoRA per public subset, for one shard of the public LoRA bank (batched)."""
 
 from dpdeepsets import cli
 from dpdeepsets.io import Stopwatch, pick_device, set_threads, setup_logging
@@ -18,7 +18,7 @@ def main():
                                             "(default: <out>.ckpt beside the output)")
     args = p.parse_args()
     cfg = cli.read_settings(args, SECTIONS)["lora"]
-    log = setup_logging("fit_lora")
+    log = setup_logging("fit_bank_shard")
     set_threads(args.threads)
     import numpy as np
 
@@ -46,7 +46,7 @@ def main():
     with Stopwatch(log, f"fitting {len(ids)} LoRAs"):
         b = lora.fit_loras(unet, scheduler, layers, targets, subsets, ids, rank=cfg["rank"],
                            steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                           seed=cfg["seed"], desc=f"fit_lora shard {args.shard}",
+                           seed=cfg["seed"], desc=f"fit_bank_shard {args.shard}",
                            device=device, checkpoint=ckpt)
     lora.save_lora_bank(args.out, b, basis, ids, {"rank": cfg["rank"], "alpha": cfg["alpha"]})
     log.info("wrote %s", args.out)

@@ -1,5 +1,8 @@
-rule fit_lora:
-    """One gauge-fixed LoRA per public subset; a shard of lora.shard_size subsets per job."""
+# The public LoRA bank: one gauge-fixed LoRA per public k-NN subset (the hypernetwork's targets).
+
+
+rule fit_bank_shard:
+    """Public: one gauge-fixed LoRA per public subset; a shard of lora.shard_size subsets fitted together."""
     input:
         base=f"{R}/base",
         public=f"{R}/data/public.npz",
@@ -13,19 +16,19 @@ rule fit_lora:
     resources:
         **stage_resources("gpu_train"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
-        f"{R}/logs/fit_lora_{{shard}}.log",
+        f"{R}/logs/fit_bank_shard_{{shard}}.log",
     benchmark:
-        f"{R}/benchmarks/fit_lora_{{shard}}.tsv"
+        f"{R}/benchmarks/fit_bank_shard_{{shard}}.tsv"
     shell:
-        "python workflow/scripts/fit_lora.py --settings {params.settings} --threads {threads}"
+        "python {SCRIPTS}/fit_bank_shard.py --settings {params.settings} --threads {threads}"
         " --base {input.base} --public {input.public} --subsets {input.subsets}"
         " --shard {wildcards.shard} --out {output} > {log} 2>&1"
 
 
-rule gather_loras:
-    """Concatenate the shards into one public LoRA bank."""
+rule gather_bank:
+    """Public: concatenate the shards into one LoRA bank."""
     input:
         expand(f"{R}/lora/shards/{{shard}}.safetensors", shard=range(N_SHARDS)),
     output:
@@ -34,10 +37,10 @@ rule gather_loras:
     resources:
         **stage_resources("light"),
     conda:
-        "../../envs/dpdeepsets.yaml"
+        ENV
     log:
-        f"{R}/logs/gather_loras.log",
+        f"{R}/logs/gather_bank.log",
     benchmark:
-        f"{R}/benchmarks/gather_loras.tsv"
+        f"{R}/benchmarks/gather_bank.tsv"
     shell:
-        "python workflow/scripts/gather_loras.py --shards {input} --out {output} > {log} 2>&1"
+        "python {SCRIPTS}/gather_bank.py --shards {input} --out {output} > {log} 2>&1"

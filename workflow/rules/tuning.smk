@@ -1,0 +1,58 @@
+# Hyperparameters of the gradient-fitted methods, chosen on PUBLIC proxy sets (k-NN sets of the
+# held-out public validation pool, the same size n as the private sets) by the pipeline's own
+# sampler and evaluator, at no privacy cost. Not part of `all`:
+#
+#   snakemake --cores 2 tune_baselines     # -> results/tuning/chosen.yaml (paste into baselines.tuned)
+
+TUNED_METHODS = [m for m in M.names(producer="fit_baseline")]
+PROXIES = [f"q{i}" for i in range(config["baselines"]["tuning"]["proxies"])]
+
+
+rule tune_baselines_proxy:
+    """Public: every candidate of baselines.tuning for one method on one proxy set, at every epsilon."""
+    input:
+        unpack(baseline_inputs),
+        unpack(inception_input),
+        base=f"{R}/base",
+        validation=f"{R}/data/validation.npz",
+        sets=f"{R}/subsets/validation.npz",
+    output:
+        f"{R}/tuning/{{method}}/{{proxy}}.csv",
+    wildcard_constraints:
+        proxy=r"q\d+",
+    params:
+        settings=settings("baselines", "lora", "privacy", "sampling", "evaluation", "subsets"),
+        flags=baseline_flags,
+        inception=inception_flag,
+    threads: THREADS_HEAVY
+    resources:
+        **stage_resources("gpu_train"),
+    conda:
+        ENV
+    log:
+        f"{R}/logs/tuning/{{method}}_{{proxy}}.log",
+    benchmark:
+        f"{R}/benchmarks/tuning/{{method}}_{{proxy}}.tsv"
+    shell:
+        "python {SCRIPTS}/tune_baselines.py --settings {params.settings} --threads {threads}"
+        " --method {wildcards.method} --proxy {wildcards.proxy} --base {input.base}"
+        " --validation {input.validation} --sets {input.sets} {params.flags} {params.inception}"
+        " --out {output} > {log} 2>&1"
+
+
+rule tune_baselines:
+    """Public: the best candidate per (method, epsilon) by mean proxy FID -> baselines.tuned entries."""
+    input:
+        expand(f"{R}/tuning/{{method}}/{{proxy}}.csv", method=TUNED_METHODS, proxy=PROXIES),
+    output:
+        chosen=f"{R}/tuning/chosen.yaml",
+        table=f"{R}/tuning/summary.csv",
+    resources:
+        **stage_resources("light"),
+    conda:
+        ENV
+    log:
+        f"{R}/logs/tuning/choose.log",
+    shell:
+        "python {SCRIPTS}/tune_baselines.py --choose {input} --out-chosen {output.chosen}"
+        " --out-table {output.table} > {log} 2>&1"
