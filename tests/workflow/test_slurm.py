@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENABLED = os.environ.get("DPDEEPSETS_TEST_SLURM") == "1"
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 ETC_SLURM = Path("/etc/slurm")

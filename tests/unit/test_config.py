@@ -7,7 +7,7 @@ import yaml
 
 from dpdeepsets.config import ConfigError, load_config, load_schema
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _walk(schema, path=""):

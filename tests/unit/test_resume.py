@@ -3,7 +3,7 @@
 Library level: each training loop is interrupted after a checkpoint (an exception raised
 from the checkpoint hook, i.e. the process "dies" between checkpoints), resumed from a
 fresh start, and compared with an uninterrupted run of the same seed: bit-identical.
-Script level: fit_lora.py and train_hypernet.py are killed (SIGTERM, SIGKILL) once their
+Script level: fit_bank_shard.py and train_hypernet.py are killed (SIGTERM, SIGKILL) once their
 first checkpoint exists; no output and nothing a rerun could take for it may be left; the
 rerun resumes from the checkpoint, completes and removes the checkpoint.
 """
@@ -26,7 +26,7 @@ from dpdeepsets import diffusion, hypernet, lora
 from dpdeepsets.checkpoint import Checkpointer
 from tests.conftest import TARGETS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Killed(Exception):
@@ -190,7 +190,7 @@ def hypernet_inputs(tmp_path_factory, tiny_unet):
 
 def _lora_cmd(inputs, out):
     d, cfg = inputs
-    return [sys.executable, "workflow/scripts/fit_lora.py", "--configfile", str(cfg),
+    return [sys.executable, "workflow/scripts/fit_bank_shard.py", "--configfile", str(cfg),
             "--base", str(d / "base"), "--public", str(d / "public.npz"),
             "--subsets", str(d / "subsets.npz"), "--shard", "0", "--out", str(out)]
 
@@ -255,7 +255,7 @@ def test_killed_stage_leaves_nothing_and_rerun_resumes(stage, sig, request, tmp_
 
 @pytest.mark.slow
 def test_resumed_script_output_equals_uninterrupted(lora_inputs, tmp_path):
-    """fit_lora.py killed and rerun writes the same shard as a run never interrupted."""
+    """fit_bank_shard.py killed and rerun writes the same shard as a run never interrupted."""
     from safetensors.torch import load_file
 
     ref = tmp_path / "ref" / "shard0.safetensors"

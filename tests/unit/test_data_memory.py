@@ -17,7 +17,7 @@ import pytest
 
 from dpdeepsets import data as D
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _memmapped(a):

@@ -1,4 +1,4 @@
-"""Empirical privacy audit of the release (dpdeepsets.audit): it passes, and it can fail."""
+"""Empirical privacy audit of the release (dpdeepsets.privacy_audit): it passes, and it can fail."""
 
 import math
 from pathlib import Path
@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dpdeepsets import audit as A
+from dpdeepsets import privacy_audit as A
 from dpdeepsets import privacy as P
 from dpdeepsets.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CFG = load_config(ROOT / "config" / "config.yaml")
 PR = CFG["privacy"]
 N = CFG["subsets"]["set_size"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAPER = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
 
 pytestmark = pytest.mark.slow

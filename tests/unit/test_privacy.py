@@ -12,6 +12,7 @@ import mpmath
 import numpy as np
 import pytest
 
+from dpdeepsets import noise as N
 from dpdeepsets import privacy as P
 from dpdeepsets.privacy import PrivacyError
 
@@ -221,41 +222,82 @@ def _emb(n=20, dim=8, seed=0):
     return np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
 
 
-RELEASE_KW = dict(epsilon=1.0, delta=1e-5, clip_norm=1.0, adjacency="replace_one")
+RELEASE_KW = dict(epsilon=1.0, delta=1e-5, clip_norm=1.0, adjacency="replace_one", n=20)
+KEY = bytes(range(32))
 
 
-def test_release_seeded_is_reproducible_secure_is_not():
+def _keyed(key=KEY, **cell):
+    return N.KeyedNoise(key, N.cell_identity(**({"pset": "p0", "epsilon": 1.0, "seed": 0} | cell)))
+
+
+def test_release_keyed_is_reproducible_and_secret_secure_is_fresh():
     x = _emb()
-    a, la = P.release_clipped_mean(x, **RELEASE_KW, noise="seeded", seed=123)
-    b, _ = P.release_clipped_mean(x, **RELEASE_KW, noise="seeded", seed=123)
-    c, _ = P.release_clipped_mean(x, **RELEASE_KW, noise="seeded", seed=124)
+    a, la = P.release_clipped_mean(x, **RELEASE_KW, noise=_keyed())
+    b, _ = P.release_clipped_mean(x, **RELEASE_KW, noise=_keyed())
+    c, _ = P.release_clipped_mean(x, **RELEASE_KW, noise=_keyed(seed=1))  # another cell
+    d, _ = P.release_clipped_mean(x, **RELEASE_KW, noise=_keyed(key=bytes(32)))  # another key
     np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
+    assert not np.array_equal(a, c) and not np.array_equal(a, d)
     assert a.dtype == np.float32 and a.shape == (8,)
-    assert la["seed"] == 123 and la["noise_source"] == "seeded"
-    s1, ls = P.release_clipped_mean(x, **RELEASE_KW, noise="secure")
-    s2, _ = P.release_clipped_mean(x, **RELEASE_KW, noise="secure", seed=123)
-    assert not np.array_equal(s1, s2)
-    assert ls["seed"] is None
+    assert la["noise_source"] == "keyed" and la["key_fingerprint"] == N.key_fingerprint(KEY)
+    s1, ls = P.release_clipped_mean(x, **RELEASE_KW, noise=N.SecureNoise())
+    s2, _ = P.release_clipped_mean(x, **RELEASE_KW, noise=N.SecureNoise())
+    assert not np.array_equal(s1, s2) and ls["noise_source"] == "secure"
+    assert ls["private"] is True and la["private"] is True
 
 
-def test_make_noise_rng():
-    assert isinstance(P.make_noise_rng("secure", None).bit_generator, np.random.PCG64DXSM)
-    g1, g2 = P.make_noise_rng("seeded", 5), P.make_noise_rng("seeded", 5)
-    assert g1.standard_normal() == g2.standard_normal()
-    with pytest.raises(PrivacyError, match="seed"):
-        P.make_noise_rng("seeded", None)
-    with pytest.raises(PrivacyError, match="noise"):
-        P.make_noise_rng("urandom", None)
+def test_no_ledger_holds_a_seed_or_the_row_count():
+    x = _emb(n=17)
+    for src in (_keyed(), N.SecureNoise(), N.PublicSeedNoise(5)):
+        _, led = P.release_clipped_mean(x, **{**RELEASE_KW, "adjacency": "add_remove"}, noise=src)
+        text = json.dumps(led).lower()
+        assert "seed" not in {k.lower() for k in led} and "5" not in str(led.get("noise_source"))
+        assert led["n"] == 20  # the public n, never the 17 rows the set really has
+        assert 17 not in [v for v in led.values() if isinstance(v, int)]
+        assert KEY.hex() not in text
+
+
+def test_public_seed_release_says_it_is_not_private():
+    _, led = P.release_clipped_mean(_emb(), **RELEASE_KW, noise=N.PublicSeedNoise(0))
+    assert led["private"] is False and "NOT private" in led["noise_source"]
+
+
+def test_add_remove_neighbours_of_different_sizes_stay_within_the_claimed_sensitivity():
+    """Real neighbours: D with n rows, D' = D minus its largest row (n - 1 rows), through the
+    release itself (epsilon = inf returns the statistic without noise). Dividing by the row
+    count (the old code) moves the mean by up to 2C/n and fails this test."""
+    rng = np.random.default_rng(3)
+    n, dim, c = 16, 6, 1.0
+    claimed = P.release_clipped_mean(_emb(n, dim), epsilon=1.0, delta=1e-5, clip_norm=c,
+                                     adjacency="add_remove", n=n, noise=_keyed())[1]["sensitivity"]
+    assert claimed == pytest.approx(c / n)
+    worst = 0.0
+    for _ in range(300):
+        x = rng.normal(size=(n, dim)) * rng.uniform(0.01, 10, size=(n, 1))
+        x[0] = 100 * rng.normal(size=dim)  # a row far out: clipped to norm C
+        kw = dict(epsilon=math.inf, delta=1e-5, clip_norm=c, adjacency="add_remove", n=n,
+                  noise=_keyed())
+        full, _ = P.release_clipped_mean(x, **kw)
+        for drop in (0, 1):  # remove the far row, or an ordinary one
+            fewer, _ = P.release_clipped_mean(np.delete(x, drop, axis=0), **kw)
+            worst = max(worst, float(np.linalg.norm(full.astype(np.float64) - fewer)))
+        more, _ = P.release_clipped_mean(np.vstack([x, 50 * rng.normal(size=(1, dim))]), **kw)
+        worst = max(worst, float(np.linalg.norm(full.astype(np.float64) - more)))
+    assert worst <= claimed * (1 + 1e-6), (worst, claimed)
+    assert worst > 0.9 * claimed  # the test does reach the bound
+
+
+def test_replace_one_needs_exactly_n_rows():
+    with pytest.raises(PrivacyError, match="exactly n=20"):
+        P.release_clipped_mean(_emb(n=19), **RELEASE_KW, noise=_keyed())
 
 
 def test_release_noise_std_matches_sigma():
     x = _emb(n=10, dim=64)
     clean = P.clip_rows(x, 1.0).mean(axis=0)
-    rng_seeds = range(2000)
     diffs = np.empty((2000, 64))
-    for i in rng_seeds:
-        out, ledger = P.release_clipped_mean(x, **RELEASE_KW, noise="seeded", seed=i)
+    for i in range(2000):
+        out, ledger = P.release_clipped_mean(x, **{**RELEASE_KW, "n": 10}, noise=_keyed(seed=i))
         diffs[i] = out.astype(np.float64) - clean
     sigma = ledger["sigma"]
     assert abs(diffs.mean()) < 0.02 * sigma
@@ -265,12 +307,11 @@ def test_release_noise_std_matches_sigma():
 def test_ledger_contents_and_self_consistency():
     x = _emb(n=25, dim=4)
     for adj in P.ADJACENCIES:
-        _, led = P.release_clipped_mean(
-            x, epsilon=2.0, delta=1e-6, clip_norm=0.5, adjacency=adj, noise="seeded", seed=0
-        )
+        _, led = P.release_clipped_mean(x, epsilon=2.0, delta=1e-6, clip_norm=0.5, adjacency=adj,
+                                        n=25, noise=_keyed())
         assert set(led) == {
             "n", "dim", "clip_norm", "adjacency", "sensitivity", "epsilon", "delta",
-            "sigma", "mechanism", "noise_source", "seed", "private",
+            "sigma", "mechanism", "noise_source", "key_fingerprint", "private",
         }
         assert led["n"] == 25 and led["dim"] == 4 and led["adjacency"] == adj
         assert led["sensitivity"] == P.clipped_mean_sensitivity(25, 0.5, adj)
@@ -282,46 +323,37 @@ def test_ledger_contents_and_self_consistency():
 
 def test_release_inf_epsilon_is_nonprivate_reference():
     x = _emb()
-    out, led = P.release_clipped_mean(
-        x, epsilon=math.inf, delta=1e-5, clip_norm=1.0, adjacency="add_remove", noise="seeded", seed=0
-    )
+    out, led = P.release_clipped_mean(x, **{**RELEASE_KW, "epsilon": math.inf}, noise=_keyed())
     assert led["sigma"] == 0.0 and led["private"] is False
     assert led["mechanism"].startswith("none")
     np.testing.assert_allclose(out, P.clip_rows(x, 1.0).mean(0).astype(np.float32))
-    safe = P.ledger_to_json_safe(led)
-    assert safe["epsilon"] == "inf"
-    json.dumps(safe, allow_nan=False)
-    with pytest.raises(ValueError):
-        json.dumps(led, allow_nan=False)
 
 
 def test_release_refusals():
     x = _emb()
     with pytest.raises(PrivacyError, match="epsilon"):
-        P.release_clipped_mean(x, **{**RELEASE_KW, "epsilon": 0.0}, noise="secure")
+        P.release_clipped_mean(x, **{**RELEASE_KW, "epsilon": 0.0}, noise=N.SecureNoise())
     with pytest.raises(PrivacyError, match="delta"):
-        P.release_clipped_mean(x, **{**RELEASE_KW, "delta": 1.0}, noise="secure")
+        P.release_clipped_mean(x, **{**RELEASE_KW, "delta": 1.0}, noise=N.SecureNoise())
     with pytest.raises(PrivacyError, match="clip_norm"):
-        P.release_clipped_mean(x, **{**RELEASE_KW, "clip_norm": 0.0}, noise="secure")
+        P.release_clipped_mean(x, **{**RELEASE_KW, "clip_norm": 0.0}, noise=N.SecureNoise())
     with pytest.raises(PrivacyError, match="adjacency"):
-        P.release_clipped_mean(x, **{**RELEASE_KW, "adjacency": "both"}, noise="secure")
+        P.release_clipped_mean(x, **{**RELEASE_KW, "adjacency": "both"}, noise=N.SecureNoise())
     with pytest.raises(PrivacyError, match="n must"):
-        P.release_clipped_mean(x[:1], **RELEASE_KW, noise="secure")
-    with pytest.raises(PrivacyError, match="seed"):
-        P.release_clipped_mean(x, **RELEASE_KW, noise="seeded")
+        P.release_clipped_mean(x, **{**RELEASE_KW, "n": 1}, noise=N.SecureNoise())
     bad = x.copy()
     bad[0, 0] = np.nan
     with pytest.raises(PrivacyError, match="embeddings contain NaN or Inf"):
-        P.release_clipped_mean(bad, **RELEASE_KW, noise="secure")
+        P.release_clipped_mean(bad, **RELEASE_KW, noise=N.SecureNoise())
 
 
 def test_large_delta_warns():
     x = _emb(n=20)
     with pytest.warns(UserWarning, match="delta"):
-        P.release_clipped_mean(x, **{**RELEASE_KW, "delta": 0.05}, noise="secure")
+        P.release_clipped_mean(x, **{**RELEASE_KW, "delta": 0.05}, noise=N.SecureNoise())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        P.release_clipped_mean(x, **{**RELEASE_KW, "delta": 0.049}, noise="secure")
+        P.release_clipped_mean(x, **{**RELEASE_KW, "delta": 0.049}, noise=N.SecureNoise())
 
 
 # --------------------------------------------------------------- composition
@@ -366,9 +398,8 @@ def test_gdp_epsilon_satisfies_delta_and_is_tight():
 
 def test_composition_of_k_releases():
     x = _emb(n=30, dim=4)
-    ledgers = [
-        P.release_clipped_mean(x, **RELEASE_KW, noise="seeded", seed=i)[1] for i in range(4)
-    ]
+    ledgers = [P.release_clipped_mean(x, **{**RELEASE_KW, "n": 30}, noise=_keyed(seed=i))[1]
+               for i in range(4)]
     comp = P.compose_releases(ledgers, 1e-5)
     assert set(comp) == {"n_releases", "mu", "epsilon", "delta"}
     sens, sigma = ledgers[0]["sensitivity"], ledgers[0]["sigma"]
@@ -379,7 +410,7 @@ def test_composition_of_k_releases():
     # identical to a single Gaussian release with sigma / sqrt(k)
     assert comp["epsilon"] == pytest.approx(P.gdp_epsilon(P.gdp_mu([(sens, sigma / 2)]), 1e-5))
     # a non-private entry makes the composition non-private
-    _, ref = P.release_clipped_mean(x, **{**RELEASE_KW, "epsilon": math.inf}, noise="seeded", seed=0)
+    _, ref = P.release_clipped_mean(x, **{**RELEASE_KW, "n": 30, "epsilon": math.inf}, noise=_keyed())
     assert P.compose_releases(ledgers + [ref], 1e-5)["epsilon"] == math.inf
     mixed = ledgers + [{**ledgers[0], "adjacency": "add_remove"}]
     with pytest.raises(PrivacyError, match="adjacenc"):
@@ -420,3 +451,62 @@ def test_cross_check_dp_accounting_pld_composition():
         ours = P.compose_releases([{"sensitivity": 1.0, "sigma": noise_multiplier}] * k, d)["epsilon"]
         # PLD is a (slightly pessimistic) discretisation of the same exact curve
         assert ours == pytest.approx(pld_eps, rel=1e-3)
+
+
+# ------------------------------------------------------------------- DP-SGD
+def test_full_batch_dpsgd_is_exactly_gaussian_and_matches_mpmath():
+    """q = 1: T steps of noise multiplier z are one Gaussian mechanism with sigma z/sqrt(T)."""
+    for eps, steps in [(0.25, 20), (1.0, 40), (4.0, 10), (64.0, 200), (1024.0, 20)]:
+        z = P.dpsgd_noise_multiplier(eps, 1e-5, 1.0, steps, "gdp")
+        sigma1 = z / math.sqrt(steps)
+        assert mp_delta(eps, sigma1, 1.0) <= mpmath.mpf(1e-5) * (1 + mpmath.mpf("1e-9"))
+        assert mp_delta(eps, sigma1 * (1 - 1e-6), 1.0) > 1e-5
+        assert P.dpsgd_epsilon(z, 1.0, steps, 1e-5, "gdp") == pytest.approx(eps, rel=1e-6)
+
+
+def test_dpsgd_calibration_agrees_with_dp_accounting():
+    """opacus' accountants (through the privacy module) vs Google's dp-accounting."""
+    import dp_accounting as dpa
+    from dp_accounting.pld import pld_privacy_accountant
+    from dp_accounting.rdp import RdpAccountant
+
+    for eps, q, steps in [(1.0, 0.25, 40), (4.0, 0.5, 20)]:
+        for acc in ("prv", "rdp"):
+            z = P.dpsgd_noise_multiplier(eps, 1e-5, q, steps, acc)
+            event = dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(z)), steps)
+            ref = (RdpAccountant() if acc == "rdp"
+                   else pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4))
+            ref.compose(event)
+            theirs = ref.get_epsilon(1e-5)
+            assert theirs <= eps * 1.02, (acc, eps, theirs)  # the target holds independently
+            assert theirs >= eps * 0.9, (acc, eps, theirs)  # and the noise is not wasted
+
+
+def test_dpsgd_refusals_and_accountant_choice():
+    with pytest.raises(PrivacyError, match="gdp accountant is exact for full-batch"):
+        P.dpsgd_noise_multiplier(1.0, 1e-5, 0.5, 10, "gdp")
+    with pytest.raises(PrivacyError, match="sample_rate"):
+        P.dpsgd_epsilon(1.0, 1.5, 10, 1e-5, "rdp")
+    assert P.resolve_accountant("auto", 1024, 1.0, 64) == "gdp"
+    assert P.resolve_accountant("auto", 16, 0.5, 64) == "prv"
+    assert P.resolve_accountant("auto", 1024, 0.5, 64) == "rdp"
+
+
+def test_compose_ledger_exact_for_gaussians_and_rdp_with_subsampling():
+    x = _emb(n=30, dim=4)
+    rel = [P.release_clipped_mean(x, **{**RELEASE_KW, "n": 30, "adjacency": "add_remove"},
+                                  noise=_keyed(seed=i))[1] for i in range(3)]
+    z = P.dpsgd_noise_multiplier(1.0, 1e-5, 1.0, 20, "gdp")
+    full = {"adjacency": "add_remove", "private": True, "mechanism": "dp-sgd (x)",
+            "noise_multiplier": z, "sample_rate": 1.0, "steps": 20}
+    c = P.compose_ledger(rel + [full], 1e-5)
+    assert c["composition"].startswith("gaussian DP (exact)")
+    mu = math.sqrt(sum((r["sensitivity"] / r["sigma"]) ** 2 for r in rel) + 20 / z**2)
+    assert c["epsilon"] == pytest.approx(P.gdp_epsilon(mu, 1e-5), rel=1e-9)
+    sub = {**full, "sample_rate": 0.25, "noise_multiplier": P.dpsgd_noise_multiplier(1.0, 1e-5, 0.25, 20, "rdp")}
+    c2 = P.compose_ledger(rel + [sub], 1e-5)
+    assert c2["composition"].startswith("renyi")
+    assert c2["epsilon"] > max(c["epsilon"] * 0.5, 1.0)  # at least the larger part
+    with pytest.raises(PrivacyError, match="mix adjacencies"):
+        P.compose_ledger(rel + [{**full, "adjacency": "replace_one"}], 1e-5)
+    assert P.compose_ledger(rel + [{**full, "private": False}], 1e-5)["epsilon"] == math.inf

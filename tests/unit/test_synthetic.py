@@ -16,7 +16,7 @@ from dpdeepsets import synthetic as S
 from dpdeepsets.config import load_config
 from dpdeepsets.hypernet import HyperNet
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SMALL = {  # a few seconds: D >> k, small public world, short training
     "dims": [48], "k": 2, "num_public_tasks": 40, "public_examples": 512, "n": 256,

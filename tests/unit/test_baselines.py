@@ -1,4 +1,4 @@
-"""The gradient-based baselines (dpdeepsets.dpsgd): per-sample gradients, accounting, PDA-DPMD.
+"""The gradient-based fits (dpdeepsets.baselines): per-sample gradients, the DP-SGD loop, PDA-DPMD.
 
 The per-sample-gradient tests run opacus on the real LoRA-UNet (a diffusers UNet2DModel
 with attention, LoRA on the attention projections and on the resnet convs after attention,
@@ -15,8 +15,10 @@ import warnings
 import pytest
 import torch
 
-from dpdeepsets import dpsgd as D
+from dpdeepsets import baselines as D
 from dpdeepsets import lora as L
+from dpdeepsets import methods as M
+from dpdeepsets import noise as N
 from dpdeepsets.config import load_config
 
 # the schema defaults: the pattern set (attention projections + resnet convs after attention)
@@ -115,8 +117,8 @@ def test_channels_last_is_the_cause(setup):
     assert any(not c for c in seen.values())
 
 
-def test_dp_lora_layer_matches_lora_layer(setup):
-    """DPLoRALayer (peft layout) computes what lora.LoRALayer computes with one group."""
+def test_module_lora_layer_matches_grouped_lora_layer(setup):
+    """ModuleLoRALayer (peft layout) computes what GroupedLoRALayer computes with one group."""
     unet, sched, targets, basis, b0, (x0, t, noise) = setup
     m = _model(setup, "gauge_fixed")
     u2 = copy.deepcopy(unet)
@@ -128,9 +130,18 @@ def test_dp_lora_layer_matches_lora_layer(setup):
         assert torch.allclose(m(xt, tt), u2(xt, tt).sample, atol=1e-5)
 
 
-def _cfg(**kw):
-    return {**BASELINE_DEFAULTS, "epochs": 2, "batch_size": 8, "noise_multiplicity": 2,
-            "pda_public_batch_size": 8, "lr": 0.01, **kw}
+KEY = bytes(range(32))
+
+
+def _hyper(**kw):
+    values = dict(steps=4, batch_size=8, lr=0.05, momentum=0.9, max_grad_norm=1.0,
+                  noise_multiplicity=2, optimizer="sgd")
+    return D.Hyper(**{**values, **kw})
+
+
+def _noise(**cell):
+    return N.KeyedNoise(KEY, N.cell_identity(**({"method": "dpsgd", "pset": "p0", "epsilon": 2.0,
+                                                 "seed": 0} | cell)))
 
 
 @pytest.fixture(scope="module")
@@ -141,21 +152,83 @@ def images():
     return torch.nn.functional.interpolate(base, size=16, mode="bilinear").tanh()
 
 
-@pytest.mark.parametrize("accountant", ["prv", "rdp"])
-def test_accounted_epsilon_within_target(setup, images, accountant):
+def _fit(setup, images, method="dpsgd", *, hyper=None, epsilon=2.0, noise=None, accountant="auto",
+         init=None, public_images=None, alpha_fn=D.alpha_schedule, n=24):
     unet, sched, targets, basis, *_ = setup
-    res = D.train_lora(copy.deepcopy(unet), sched, targets, images, method="dpsgd",
-                       cfg=_cfg(accountant=accountant), rank=RANK, alpha=RANK, basis=basis,
-                       epsilon=2.0, delta=1e-5, seed=0)
+    hyper = hyper or _hyper()
+    m = M.get(method) if isinstance(method, str) else method
+    plan = None
+    if m.privacy == "dp_sgd":
+        plan = D.plan_dp(hyper, n=n, epsilon=epsilon, delta=1e-5, accountant=accountant,
+                         prv_max_epsilon=64)
+        noise = noise or _noise(method=m.name, epsilon=epsilon)
+    return D.fit_lora(copy.deepcopy(unet), sched, targets, images, method=m, hyper=hyper,
+                      rank=RANK, alpha=RANK, parametrisation="gauge_fixed", basis=basis,
+                      init=init, dp=plan, noise=noise if plan else None,
+                      public_images=public_images, public_batch_size=8, alpha_fn=alpha_fn,
+                      draws_seed=0)
+
+
+def _flat(res):
+    return torch.cat([res.b[k].flatten() for k in sorted(res.b)])
+
+
+@pytest.mark.parametrize("accountant,batch", [("prv", 8), ("rdp", 8), ("auto", 24)])
+def test_accounted_epsilon_within_target(setup, images, accountant, batch):
+    res = _fit(setup, images, hyper=_hyper(batch_size=batch), accountant=accountant)
     p = res.privacy
     assert p["accounted_epsilon"] <= 2.0 and p["accounted_epsilon"] > 1.0
-    assert p["steps"] == 2 * 3 and p["sample_rate"] == pytest.approx(1 / 3)
-    assert p["noise_multiplier"] > 0.5
-    entry = D.dpsgd_ledger_entry(method="dpsgd", pset="p0", seed=0, epsilon=2.0, delta=1e-5, n=24,
-                                 dim=10, cfg=_cfg(accountant=accountant), privacy=p,
-                                 noise_source="seeded")
-    assert entry["mechanism"] == f"dp-sgd (opacus, {accountant})" and entry["private"]
+    assert p["steps"] == 4 and p["sample_rate"] == pytest.approx(min(1.0, batch / 24))
+    assert p["accountant"] == ("gdp" if batch == 24 else accountant)
+    entry = D.ledger_entry(method="dpsgd", pset="p0", seed=0, epsilon=2.0, delta=1e-5, n=24,
+                           dim=10, hyper=_hyper(), parametrisation="gauge_fixed", privacy=p,
+                           noise=_noise())
+    assert entry["mechanism"].startswith("dp-sgd") and entry["private"] is True
+    assert entry["adjacency"] == "add_remove" and entry["noise_source"] == "keyed"
+    assert not any("seed" == k or "loss" in k for k in entry if k != "seed")
     assert entry["sigma"] == p["noise_multiplier"] and entry["accounted_epsilon"] <= entry["epsilon"]
+
+
+def test_dp_fit_is_reproducible_with_the_key_and_independent_across_cells(setup, images):
+    """Same key and cell: the same LoRA. Another cell (set, epsilon, method) or key: other
+    noise and other Poisson batches, so every cell has its own noise stream."""
+    a = _fit(setup, images)
+    b = _fit(setup, images)
+    assert torch.equal(_flat(a), _flat(b))
+    for other in (_noise(pset="p1"), _noise(seed=1), N.KeyedNoise(bytes(32), N.cell_identity(
+            method="dpsgd", pset="p0", epsilon=2.0, seed=0))):
+        c = _fit(setup, images, noise=other)
+        assert not torch.equal(_flat(a), _flat(c))
+
+
+def test_secure_mode_runs_without_torchcsprng(setup, images):
+    """privacy.noise=secure: fresh OS entropy per fit and opacus' 4-draw noise; no torchcsprng."""
+    a = _fit(setup, images, noise=N.SecureNoise())
+    b = _fit(setup, images, noise=N.SecureNoise())
+    assert a.privacy["accounted_epsilon"] <= 2.0
+    assert not torch.equal(_flat(a), _flat(b))
+
+
+def test_dp_fit_depends_on_its_data(setup, images):
+    """At a moderate epsilon the DP-SGD LoRA of one set differs from another set's by more than
+    the noise alone moves it (two noise draws on the same data): the output carries signal."""
+    hyper = _hyper(steps=6, batch_size=24, noise_multiplicity=1)
+    same = [_fit(setup, images, hyper=hyper, epsilon=64.0, noise=_noise(seed=s)) for s in (0, 1)]
+    other = _fit(setup, -images.flip(-1), hyper=hyper, epsilon=64.0, noise=_noise(seed=0))
+    noise_gap = float((_flat(same[0]) - _flat(same[1])).norm())
+    data_gap = float((_flat(same[0]) - _flat(other)).norm())
+    assert data_gap > 2 * noise_gap, (data_gap, noise_gap)
+
+
+def test_dp_fit_approaches_the_nonprivate_fit_as_epsilon_grows(setup, images):
+    """The sanity test of the comparison: with the same hyperparameters, the DP-SGD LoRA moves
+    towards the non-private one as epsilon grows (the noise vanishes; clipping stays)."""
+    hyper = _hyper(steps=6, batch_size=24, noise_multiplicity=1, max_grad_norm=100.0)
+    ref = _flat(_fit(setup, images, "nonprivate", hyper=hyper))
+    gaps = [float((_flat(_fit(setup, images, hyper=hyper, epsilon=e)) - ref).norm())
+            for e in (1.0, 16.0, 4096.0)]
+    assert gaps[0] > gaps[1] > gaps[2], gaps
+    assert gaps[2] < 0.05 * float(ref.norm()), (gaps, float(ref.norm()))
 
 
 def test_alpha_schedule():
@@ -168,15 +241,13 @@ def test_alpha_schedule():
 
 def test_pda_dpmd_with_alpha_one_is_dpsgd(setup, images):
     """With alpha = 1 the public gradient gets weight 0: exactly DP-SGD from the same start."""
-    unet, sched, targets, basis, b0, _ = setup
+    _, _, _, basis, b0, _ = setup
     init = (basis, {k: 0.1 * v for k, v in b0.items()})
-    common = dict(cfg=_cfg(accountant="rdp", epochs=1), rank=RANK, alpha=RANK, basis=basis, init=init,
-                  epsilon=4.0, delta=1e-5, seed=5)
-    ft = D.train_lora(copy.deepcopy(unet), sched, targets, images, method="public_ft_dpsgd", **common)
-    one = D.train_lora(copy.deepcopy(unet), sched, targets, images, method="pda_dpmd",
-                       public_images=images.flip(0), alpha_fn=lambda t, T: 1.0, **common)
-    cos = D.train_lora(copy.deepcopy(unet), sched, targets, images, method="pda_dpmd",
-                       public_images=images.flip(0), **common)
+    noise = _noise(method="x")
+    ft = _fit(setup, images, "public_ft_dpsgd", init=init, noise=noise)
+    one = _fit(setup, images, "pda_dpmd", init=init, noise=noise, public_images=images.flip(0),
+               alpha_fn=lambda t, T: 1.0)
+    cos = _fit(setup, images, "pda_dpmd", init=init, noise=noise, public_images=images.flip(0))
     for k in ft.b:
         assert torch.equal(ft.b[k], one.b[k]), k
     assert any(not torch.equal(ft.b[k], cos.b[k]) for k in ft.b)
@@ -191,9 +262,8 @@ def test_nonprivate_fit_reduces_the_loss(setup, images):
         start = D.build_lora_unet(copy.deepcopy(unet), targets, basis, None, rank=RANK,
                                   alpha=RANK, parametrisation="gauge_fixed")
         before = D.example_losses(start, sched, images, t, noise).mean()
-    res = D.train_lora(copy.deepcopy(unet), sched, targets, images, method="nonprivate",
-                       cfg=_cfg(lr=0.03, noise_multiplicity=1), rank=RANK, alpha=RANK,
-                       basis=basis, steps=20, seed=0)
+    res = _fit(setup, images, "nonprivate", hyper=_hyper(steps=20, lr=0.03, optimizer="adam",
+                                                         noise_multiplicity=1))
     with torch.no_grad():
         fitted = D.build_lora_unet(copy.deepcopy(unet), targets, res.a, res.b, rank=RANK,
                                    alpha=RANK, parametrisation="gauge_fixed")

@@ -43,7 +43,7 @@ from dpdeepsets.audit import (
     rule_of,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Rules whose output is a differentially private release of their private inputs, each with an
 # accountant (release_embedding: analytic Gaussian, ledger entry composed in privacy_ledger.csv).
