@@ -1,5 +1,6 @@
 # The synthetic linear-regression comparison (docs/synthetic.md): DP-DeepSets vs opacus
-# DP-SGD when task vectors share a k-dim subspace. A separate target, not part of `all`:
+# DP-SGD (in all D coordinates, and in the public subspace) when task vectors share a k-dim
+# subspace. A separate target, not part of `all`:
 #
 #   snakemake --cores 2 synthetic
 
@@ -15,7 +16,10 @@ SYNTHETIC = {
 
 rule synthetic_experiment:
     """Public tasks -> projection, clip norm, hypernetwork, DP-SGD tuning; private tasks ->
-    one DP-DeepSets release and one DP-SGD run per (D, epsilon, repetition); references."""
+    one DP-DeepSets release, one DP-SGD and one subspace DP-SGD run per (D, epsilon,
+    repetition), each with noise of its own from the secret key; references."""
+    input:
+        key=NOISE_KEY,
     output:
         csv=report(SYNTHETIC["csv"], category="Synthetic"),
         shift_csv=report(SYNTHETIC["shift_csv"], category="Synthetic"),
@@ -38,6 +42,7 @@ rule synthetic_experiment:
         f"{R}/benchmarks/synthetic.tsv"
     shell:
         "python {SCRIPTS}/synthetic.py --settings {params.settings} --threads {threads}"
+        " --key {input.key}"
         " --out-csv {output.csv} --out-shift-csv {output.shift_csv}"
         " --out-tuning-csv {output.tuning_csv} --out-plot {output.plot}"
         " --out-shift-plot {output.shift_plot} --out-summary {output.summary} > {log} 2>&1"

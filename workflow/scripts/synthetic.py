@@ -2,9 +2,11 @@
 """synthetic: DP-DeepSets vs opacus DP-SGD on synthetic linear regression (docs/synthetic.md).
 
 Task vectors share a k-dim subspace of R^D that only public tasks reveal. Writes the
-excess risk of every (D, epsilon, repetition, method), the shift experiment (private task
-rotated out of the public subspace), the DP-SGD tuning grid (public tasks only), figures,
-and a text summary with the ratio table DP-SGD / DP-DeepSets, which it also prints.
+excess risk of every (D, epsilon, repetition, method: dpdeepsets, dpsgd, dpsgd_subspace and
+the non-private references), the shift experiment (private task rotated out of the public
+subspace), the DP-SGD tuning grids (public tasks only), figures, and a text summary with the
+ratio tables DP-DeepSets / DP-SGD and DP-DeepSets / subspace DP-SGD, which it also prints.
+Privacy noise: keyed by the secret --key file (synthetic.noise=keyed) or fresh OS entropy.
 """
 
 from dpdeepsets import cli
@@ -15,9 +17,10 @@ SECTIONS = ["synthetic"]
 
 def main():
     p = cli.make_parser(__doc__, SECTIONS)
+    p.add_argument("--key", help="the secret noise key file (needed for synthetic.noise=keyed)")
     p.add_argument("--out-csv", required=True, help="excess risk per D/epsilon/rep/method .csv")
     p.add_argument("--out-shift-csv", required=True, help="shift experiment .csv")
-    p.add_argument("--out-tuning-csv", required=True, help="DP-SGD tuning grid on public tasks .csv")
+    p.add_argument("--out-tuning-csv", required=True, help="DP-SGD tuning grids on public tasks .csv")
     p.add_argument("--out-plot", required=True, help="excess risk vs epsilon .png")
     p.add_argument("--out-shift-plot", required=True, help="excess risk vs shift angle .png")
     p.add_argument("--out-summary", required=True, help="tables (mean ± CI, ratios, shift) .txt")
@@ -33,13 +36,13 @@ def main():
     from dpdeepsets import report, synthetic
 
     with Stopwatch(log, "synthetic experiment"):
-        res = synthetic.run_experiment(cfg)
+        res = synthetic.run_experiment(cfg, key_file=args.key)
     report.write_csv(args.out_csv, res.excess)
     report.write_csv(args.out_shift_csv, res.shift)
     report.write_csv(args.out_tuning_csv, res.tuning)
     synthetic.plot_excess_risk(args.out_plot, res.excess)
     synthetic.plot_shift(args.out_shift_plot, res.shift)
-    text = synthetic.format_tables(res.excess, res.shift, res.public)
+    text = synthetic.format_tables(res.excess, res.shift, res.public, res.noise)
     with atomic_path(args.out_summary) as tmp:
         tmp.write_text(text + "\n")
     print(text, flush=True)
