@@ -102,3 +102,19 @@ def record() -> None:
     _installed = True
     sys.addaudithook(_hook)
     atexit.register(_write)
+
+
+def undeclared_reads(record: dict, inputs: list[str], outputs: list[str], root: str) -> list[str]:
+    """Files under ``root`` (the results directory) that a job read without declaring them:
+    not an input, not inside an input directory, not one of its own outputs (or their
+    checkpoint directories)."""
+    root = os.path.abspath(root)
+    allowed = [os.path.abspath(p) for p in (*inputs, *outputs)]
+    bad = []
+    for path in record["read"]:
+        if not path.startswith(root + os.sep):
+            continue
+        if not any(path == a or path.startswith(a + os.sep) or path.startswith(a + ".ckpt" + os.sep)
+                   for a in allowed):
+            bad.append(path)
+    return bad

@@ -403,9 +403,10 @@ def ledger_entry(*, method: str, pset: str, seed: int, epsilon: float, delta: fl
     DP fits: the privacy module's numbers (noise multiplier as ``sigma``, the clip norm as
     ``sensitivity``, the accounted epsilon, sample rate, steps, accountant), add/remove-one
     adjacency (Poisson sampling; n is the public set size). ``nonprivate``: a non-private
-    reference row (epsilon = inf). Neither holds a seed or a private loss.
+    reference row (epsilon = inf). Neither holds a seed or a private loss (``replicate`` is
+    the experiment's repetition index, from which no noise follows without the key).
     """
-    entry = {"pset": pset, "seed": int(seed), "method": method, "n": int(n), "dim": int(dim),
+    entry = {"pset": pset, "replicate": int(seed), "method": method, "n": int(n), "dim": int(dim),
              "clip_norm": hyper.max_grad_norm, "parametrisation": parametrisation,
              "noise_multiplicity": hyper.noise_multiplicity, "lr": hyper.lr,
              "batch_size": hyper.batch_size, "hyperparameters": hyper.source}

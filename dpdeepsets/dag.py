@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 __all__ = ["parse_dryrun_jobs", "job_label", "rule_of", "job_edges", "check_private_flow"]
 
 _RULE_RE = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):\s*$")
-_FIELD_RE = re.compile(r"^\s+(input|output|jobid|wildcards): (.*)$")
+_FIELD_RE = re.compile(r"^\s+(input|output|log|jobid|wildcards): (.*)$")
 
 
 def parse_dryrun_jobs(text: str) -> list[dict]:
@@ -26,14 +26,15 @@ def parse_dryrun_jobs(text: str) -> list[dict]:
     rules) followed by indented ``input: a, b``, ``output: ...``, ``jobid: N`` and
     ``wildcards: k=v, ...`` lines.  File lists are split on ", " (the pipeline's paths contain
     no commas).  Returns a list of dicts with keys rule, jobid, wildcards (dict), input
-    (list), output (list).
+    (list), output (list), log (list).
     """
     jobs: list[dict] = []
     cur = None
     for line in text.splitlines():
         m = _RULE_RE.match(line)
         if m:
-            cur = {"rule": m.group(1), "jobid": None, "wildcards": {}, "input": [], "output": []}
+            cur = {"rule": m.group(1), "jobid": None, "wildcards": {}, "input": [], "output": [],
+                   "log": []}
             jobs.append(cur)
             continue
         if cur is None:

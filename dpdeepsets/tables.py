@@ -40,7 +40,8 @@ def write_csv(path, df: pd.DataFrame) -> None:
 def _order(df: pd.DataFrame) -> pd.DataFrame:
     """Rows in the registry's method order, then by the cell columns present."""
     rank = {name: i for i, name in enumerate(M.REGISTRY)}
-    keys = ["_r"] + [k for k in ("epsilon", "compared_at_epsilon", "pset", "seed", "scored_against")
+    keys = ["_r"] + [k for k in ("epsilon", "compared_at_epsilon", "pset", "seed", "replicate",
+                                 "scored_against")
                      if k in df]
     return df.assign(_r=df["method"].map(rank)).sort_values(keys).drop(columns="_r").reset_index(drop=True)
 
@@ -140,11 +141,11 @@ def ledger_table(files) -> pd.DataFrame:
         led["file"] = str(f)
         rows.append(led)
     df = pd.DataFrame(rows)
-    first = ["pset", "seed", "method", "epsilon", "delta", "adjacency", "mechanism", "private",
+    first = ["pset", "replicate", "method", "epsilon", "delta", "adjacency", "mechanism", "private",
              "sigma", "sensitivity", "n", "noise_source", "key_fingerprint", "accountant",
              "accounted_epsilon"]
     cols = [c for c in first if c in df] + [c for c in df.columns if c not in first]
-    return _order(df[cols].assign(seed=df["seed"].astype(int)))
+    return _order(df[cols].assign(replicate=df["replicate"].astype(int)))
 
 
 def budget_table(ledger: pd.DataFrame, figure_epsilon: float, delta: float) -> pd.DataFrame:

@@ -30,7 +30,8 @@ def test_shipped_configs_validate(name):
 
 def test_defaults_filled():
     cfg = load_config(None)
-    assert cfg["subsets"]["set_size"] == 128 and cfg["privacy"]["adjacency"] == "replace_one"
+    assert cfg["subsets"]["set_size"] == 128 and cfg["privacy"]["adjacency"] == "add_remove"
+    assert cfg["privacy"]["noise"] == "keyed" and cfg["privacy"]["key_file"] is None
 
 
 @pytest.mark.parametrize("text, match", [
@@ -42,6 +43,10 @@ def test_defaults_filled():
     ("lora: {rnak: 4}", "rnak"),
     ("subsets: {set_size: 1}", "subsets.set_size"),
     ("privacy: {adjacency: swap}", "privacy.adjacency"),
+    ("privacy: {adjacency: replace_one}", "privacy.adjacency=replace_one"),
+    ("privacy: {noise: seeded}", "privacy.noise"),
+    ("privacy: {noise_seed: 0}", "noise_seed"),
+    ("baselines: {tuned: [{method: dpdeepsets, epsilon: 1}]}", "baselines.tuned.0.method"),
 ])
 def test_bad_values_refused_with_key(tmp_path, text, match):
     f = tmp_path / "c.yaml"
@@ -79,8 +84,8 @@ def test_script_error_is_one_line_and_writes_nothing(tmp_path):
     proc = subprocess.run(
         [sys.executable, "workflow/scripts/release_embedding.py", "--settings",
          '{"privacy": {"epsilons": [1], "delta": 1e-5, "clip_norm": -1, "adjacency": "replace_one",'
-         ' "noise": "seeded", "noise_seed": 0, "nonprivate_reference": true}}',
-         "--embeddings", str(emb), "--sets", str(sets), "--pset", "p0", "--epsilon", "1",
+         ' "noise": "secure", "key_file": null, "nonprivate_reference": true}}',
+         "--embeddings", str(emb), "--sets", str(sets), "--n", "4", "--pset", "p0", "--epsilon", "1",
          "--seed", "0", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

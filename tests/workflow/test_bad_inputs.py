@@ -87,12 +87,17 @@ CONFIG_CASES = [
     ("delta above one", "privacy: {delta: 1.5}\n", ["privacy.delta", "1.5", "maximum of 1"]),
     ("delta as string", "privacy: {delta: 1e-5}\n", ["privacy.delta", "write 1.0e-5"]),
     ("unknown method", "evaluation: {methods: [dpdeepsets, dp_sgd]}\n",
-     ["evaluation.methods.1", "'dp_sgd' is not one of"]),
+     ["evaluation.methods.1", "'dp_sgd' is not a registered method", "dpsgd"]),
+    ("replace-one with DP-SGD", "privacy: {adjacency: replace_one}\n",
+     ["privacy.adjacency=replace_one", "add_remove only", "dpsgd"]),
+    ("missing key file", "privacy: {key_file: /nonexistent/noise.key}\n",
+     ["privacy.key_file /nonexistent/noise.key does not exist", "new-key"]),
+    ("the old seeded noise", "privacy: {noise: seeded}\n", ["privacy.noise", "'seeded' is not one of"]),
     ("no private sets", "subsets: {num_private: 0}\n", ["subsets.num_private", "minimum of 1"]),
     ("set larger than private pool", "subsets: {set_size: 1200}\n",
      ["subsets.set_size=1200", "private pool (1000 images"]),
     ("k larger than public pool", "data: {public_fraction: 0.01}\n",
-     ["subsets.set_size=128", "public pool (50 images", "data.public_fraction"]),
+     ["subsets.set_size=128", "public pool (40 images", "data.public_fraction"]),
     ("missing clip weights", "embedder: {backend: open_clip, clip_weights: /nonexistent/clip.bin}\n",
      ["embedder.clip_weights", "/nonexistent/clip.bin"]),
     ("missing pretrained base", "base: {pretrained_dir: /nonexistent/unet}\n",
@@ -164,9 +169,11 @@ def prepare(tmp_path, source, public_source=None):
                                           "image_size": 8}})
     out = tmp_path / "out"
     proc = run_stage("prepare_data.py", "--configfile", cfg, "--out-public", out / "public.npz",
-                     "--out-private", out / "private.npz", "--out-summary", out / "summary.json")
+                     "--out-validation", out / "validation.npz", "--out-private", out / "private.npz",
+                     "--out-summary", out / "summary.json")
     line = one_error_line(proc)
-    nothing_written(out / "public.npz", out / "private.npz", out / "summary.json")
+    nothing_written(out / "public.npz", out / "validation.npz", out / "private.npz",
+                    out / "summary.json")
     return line
 
 
@@ -258,7 +265,7 @@ def test_lora_rank_larger_than_a_target(tmp_path, tiny_base):
     cfg = yaml_config(tmp_path, {"lora": {"rank": 20}})  # attention projections are 16 x 16
     out = tmp_path / "shard0.safetensors"
     out.write_bytes(b"earlier result")
-    line = one_error_line(run_stage("fit_lora.py", "--configfile", cfg, "--base", tiny_base,
+    line = one_error_line(run_stage("fit_bank_shard.py", "--configfile", cfg, "--base", tiny_base,
                                     "--public", tmp_path / "public.npz", "--subsets",
                                     tmp_path / "subsets.npz", "--shard", 0, "--out", out))
     assert "lora.rank=20 exceeds the dimensions of target" in line and "(out=16" in line
@@ -277,7 +284,7 @@ def embeddings_file(tmp_path, n=30, d=4, nan_row=None):
 
 def build_subsets(tmp_path, emb, pool, set_size=8, num=2):
     cfg = yaml_config(tmp_path, {"subsets": {"set_size": set_size, "num_public": num,
-                                             "num_private": num}})
+                                             "num_private": num, "num_validation": num}})
     out = tmp_path / f"{pool}_sets.npz"
     out.write_bytes(b"earlier result")
     line = one_error_line(run_stage("build_subsets.py", "--configfile", cfg, "--embeddings", emb,
@@ -298,9 +305,13 @@ def test_nan_embeddings_refused_by_the_release(tmp_path):
     sets = tmp_path / "sets.npz"
     np.savez(sets, anchors=np.array([0]), members=np.arange(8)[None])
     out = tmp_path / "release.json"
+    from dpdeepsets.noise import create_key
+
+    key = create_key(tmp_path / "noise.key")
     line = one_error_line(run_stage("release_embedding.py", "--configfile",
                                     yaml_config(tmp_path, {}), "--embeddings", emb, "--sets", sets,
-                                    "--pset", "p0", "--epsilon", 1, "--seed", 0, "--out", out))
+                                    "--key", key, "--n", 8, "--pset", "p0", "--epsilon", 1,
+                                    "--seed", 0, "--out", out))
     assert str(emb) in line and "NaN or Inf" in line
     nothing_written(out)
 
@@ -320,6 +331,31 @@ def test_private_set_larger_than_private_pool(tmp_path):
 def test_k_larger_than_public_pool(tmp_path):
     line = build_subsets(tmp_path, embeddings_file(tmp_path, n=10), "public", set_size=24)
     assert "subsets.set_size=24 is larger than the public pool (10 examples)" in line
+
+
+def test_world_readable_key_file_refused(tmp_path):
+    from dpdeepsets.noise import create_key
+
+    key = create_key(tmp_path / "noise.key")
+    key.chmod(0o644)
+    line = config_error_line(dry_run(tmp_path, f"privacy: {{key_file: {key}}}\n"))
+    assert f"privacy.key_file {key} is accessible to group or others" in line and "chmod 600" in line
+
+
+def test_release_refuses_a_readable_key(tmp_path):
+    from dpdeepsets.noise import create_key
+
+    emb = embeddings_file(tmp_path)
+    sets = tmp_path / "sets.npz"
+    np.savez(sets, anchors=np.array([0]), members=np.arange(8)[None])
+    key = create_key(tmp_path / "noise.key")
+    key.chmod(0o640)
+    out = tmp_path / "release.json"
+    line = one_error_line(run_stage("release_embedding.py", "--configfile", yaml_config(tmp_path, {}),
+                                    "--embeddings", emb, "--sets", sets, "--key", key, "--n", 8,
+                                    "--pset", "p0", "--epsilon", 1, "--seed", 0, "--out", out))
+    assert str(key) in line and "chmod 600" in line
+    nothing_written(out)
 
 
 def test_settings_json_missing_a_section(tmp_path):

@@ -81,38 +81,43 @@ def _job_counts(out):
 
 
 def expected_counts(cfg):
-    """The job count of every rule, from the config alone.
+    """The job count of every rule, from the config and the method registry alone.
 
-    DP methods have one sample / evaluate / fit_baseline job per (method, private set, seed)
-    covering their whole finite-epsilon grid; the epsilon = inf reference cells (DP-DeepSets
-    without noise, nonprivate, base) have jobs of their own (sample_reference,
-    evaluate_reference, fit_nonprivate).
+    A method with an epsilon grid has one job per (method, private set, seed) covering the
+    whole finite grid (release_embedding per set and seed, generate_lora / fit_baseline /
+    sample per method, set and seed); the epsilon = inf reference cells have jobs of their own
+    (release_reference, generate_lora_reference, sample_reference, fit_nonprivate); a
+    public-only method has one cell per seed; scoring is one job per method.
     """
+    from dpdeepsets import methods as M
+
     psets, seeds = cfg["subsets"]["num_private"], len(cfg["evaluation"]["seeds"])
-    eps = len(cfg["privacy"]["epsilons"])
     inf_ref = 1 if cfg["privacy"]["nonprivate_reference"] else 0
-    methods = cfg["evaluation"]["methods"]
-    dpd = "dpdeepsets" in methods
-    dp_baselines = [m for m in ("dpsgd", "public_ft_dpsgd", "pda_dpmd") if m in methods]
-    releases = psets * (eps + inf_ref) * seeds if dpd else 0
-    grid_jobs = (len(dp_baselines) + dpd) * psets * seeds  # one per (method, set, seed)
-    nonprivate = psets * seeds if "nonprivate" in methods else 0
-    dpd_inf = psets * seeds * inf_ref if dpd else 0
-    base = "base" in methods
+    methods = [M.get(m) for m in cfg["evaluation"]["methods"]]
+    release = [m for m in methods if m.privacy == "dp_release"]
+    dp_sgd = [m for m in methods if m.privacy == "dp_sgd"]
+    public = [m for m in methods if m.privacy == "public_only"]
+    nonprivate = [m for m in methods if m.privacy == "nonprivate"]
+    per_set = psets * seeds
     counts = {
-        "prepare_data": 1, "pretrain_base": 1, "fit_embedder": 1,
-        "embed": 2, "build_subsets": 2,  # public and private pool
-        "fit_lora": math.ceil(cfg["subsets"]["num_public"] / cfg["lora"]["shard_size"]),
-        "gather_loras": 1, "train_hypernet": 1,
-        "release_embedding": releases, "generate_lora": releases,
-        "fit_public_lora": 1 if {"public_ft_dpsgd", "pda_dpmd"} & set(methods) else 0,
-        "fit_baseline": len(dp_baselines) * psets * seeds,
-        "fit_nonprivate": nonprivate,
-        "sample": grid_jobs,
-        "sample_reference": dpd_inf + nonprivate + (seeds if base else 0),  # base: once per seed
-        "reference_features": psets,
-        "evaluate": grid_jobs,
-        "evaluate_reference": dpd_inf + nonprivate + (psets * seeds if base else 0),
+        "prepare_data": 1, "pretrain_base": 1, "fit_embedder": 1, "noise_key": 0,
+        "embed": 3, "build_subsets": 3,  # public, validation and private pool
+        "fit_bank_shard": math.ceil(cfg["subsets"]["num_public"] / cfg["lora"]["shard_size"]),
+        "gather_bank": 1, "train_hypernet": 1,
+        "release_embedding": per_set if release else 0,
+        "release_reference": per_set * inf_ref if release else 0,
+        "generate_lora": len(release) * per_set,
+        "generate_lora_reference": len(release) * per_set * inf_ref,
+        "generate_public": len([m for m in public if m.producer == "generate"]) * seeds,
+        "fit_public_pool_lora": 1 if any(m.public_start for m in dp_sgd) else 0,
+        "fit_baseline": len(dp_sgd) * per_set,
+        "fit_nonprivate": len(nonprivate) * per_set,
+        "sample": (len(release) + len(dp_sgd)) * per_set,
+        "sample_reference": (len(release) * inf_ref + len(nonprivate)) * per_set,
+        "sample_public": len(public) * seeds,
+        "inception_onnx": 1 if cfg["evaluation"].get("inception_runtime", "auto") != "torch" else 0,
+        "fit_digit_classifier": 1 if cfg["evaluation"].get("class_histogram", True) else 0,
+        "private_set_features": 1, "score": len(methods),
         "report": 1, "sample_figure": 1, "all": 1,
     }
     return {rule: n for rule, n in counts.items() if n}
@@ -127,8 +132,9 @@ def test_paper_config_is_the_papers_setting():
     assert PAPER["data"]["source"]["kind"] == "cifar10" and PAPER["subsets"]["set_size"] == 128
     assert PAPER["privacy"]["epsilons"] == [2.0 ** k for k in range(-2, 11)]
     assert PAPER["privacy"]["delta"] == 1e-5 and len(PAPER["evaluation"]["seeds"]) == 3
-    assert set(PAPER["evaluation"]["methods"]) == {"dpdeepsets", "base", "dpsgd", "public_ft_dpsgd",
-                                                  "pda_dpmd", "nonprivate"}
+    from dpdeepsets import methods as M
+
+    assert set(PAPER["evaluation"]["methods"]) == set(M.REGISTRY)
     assert PAPER["embedder"]["backend"] == "open_clip" and PAPER["embedder"]["clip_model"] == "ViT-B-32"
     assert all(PAPER["resources"][c]["gpu"] == 1 for c in ("gpu_train", "sampling", "encoder"))
 
@@ -147,8 +153,9 @@ def test_paper_dag_job_counts(placeholders, tmp_path):
     for block in out.split("\nrule ")[1:]:
         m = re.search(r"resources: .*\bgpu=(\d+)", block)
         gpus.setdefault(block.split(":")[0], set()).add(int(m.group(1)) if m else 0)
-    for rule in ("pretrain_base", "fit_lora", "fit_public_lora", "fit_baseline", "fit_nonprivate",
-                 "sample", "sample_reference", "embed", "evaluate", "evaluate_reference"):
+    for rule in ("pretrain_base", "fit_bank_shard", "fit_public_pool_lora", "fit_baseline",
+                 "fit_nonprivate", "sample", "sample_reference", "sample_public", "embed",
+                 "private_set_features"):
         assert gpus[rule] == {1}, (rule, gpus[rule])
     assert gpus["train_hypernet"] == {0} and gpus["release_embedding"] == {0}
 
@@ -192,17 +199,18 @@ def test_sampling_change_reruns_only_downstream(placeholders, tmp_path):
         m = re.search(r"--settings '(\{.*?\})'", block)
         if m and "sampling" in json.loads(m.group(1)):
             readers.add(block.split(":")[0])
-    assert readers == {"sample", "sample_reference"}, readers
+    assert readers == {"sample", "sample_reference", "sample_public"}, readers
     _materialise(out)
     touch = subprocess.run([sys.executable, "-m", "snakemake", "--touch", "--cores", "1",
                             "--configfile", str(base_cfg)], cwd=ROOT, capture_output=True, text=True)
     assert touch.returncode == 0, (touch.stdout + touch.stderr)[-3000:]
-    proc, out = _dry_run("--configfile", str(base_cfg), "--forcerun", "sample", "sample_reference")
+    proc, out = _dry_run("--configfile", str(base_cfg), "--forcerun", "sample", "sample_reference",
+                         "sample_public")
     assert proc.returncode == 0, out[-3000:]
     counts = _job_counts(out)
     expected = expected_counts(yaml.safe_load(base_cfg.read_text()))
     assert counts == {rule: expected[rule] for rule in
-                      ("sample", "sample_reference", "evaluate", "evaluate_reference",
+                      ("sample", "sample_reference", "sample_public", "score",
                        "report", "sample_figure", "all")}, counts
 
 
@@ -215,7 +223,8 @@ def _materialise(dry_run_out: str):
         rule = block.split(":")[0]
         for path in m.group(1).split(", "):
             p = Path(path)
-            if rule in ("pretrain_base", "fit_public_lora", "generate_lora") or (
+            if rule in ("pretrain_base", "fit_public_pool_lora", "generate_lora",
+                        "generate_lora_reference", "generate_public") or (
                     rule in ("fit_baseline", "fit_nonprivate") and p.suffix != ".json"):
                 p.mkdir(parents=True, exist_ok=True)
             else:

@@ -1,6 +1,6 @@
 """Structural privacy guarantee, read off the Snakemake job DAG of the default config.
 
-Model (file level; dpdeepsets.audit.parse_dryrun_jobs / job_edges / check_private_flow):
+Model (file level; dpdeepsets.dag.parse_dryrun_jobs / job_edges / check_private_flow):
 
 * The private data enters the DAG as ``{results_dir}/data/private.npz`` (PRIVATE_FILES),
   written by ``prepare_data``, the data owner's split of the raw source into disjoint pools
@@ -14,7 +14,9 @@ Model (file level; dpdeepsets.audit.parse_dryrun_jobs / job_edges / check_privat
   be reachable from a private source except through a DP job.  One declared exception: the
   epsilon = inf cells (``privacy.nonprivate_reference``) run the release with sigma = 0, so
   their release is *not* DP and their adapter and samples are private-derived, non-private
-  reference artifacts; the test checks that they are exactly the jobs with ``eps=inf``.
+  reference artifacts, made by rules of their own (NONPRIVATE_REFERENCE_RULES); the test
+  checks that they are exactly those rules' jobs.  Which methods exist, and which are DP, comes
+  from the method registry (dpdeepsets.methods).
 * Evaluation (EVALUATION_RULES) scores samples against the private sets.  Its outputs are
   private-derived and are not differentially private; they are evaluation output (the metric
   table and the FID/KID plots, written by ``report``), and nothing released may depend on
@@ -35,7 +37,8 @@ from pathlib import Path
 
 import pytest
 
-from dpdeepsets.audit import (
+from dpdeepsets import methods as M
+from dpdeepsets.dag import (
     check_private_flow,
     job_edges,
     job_label,
@@ -46,60 +49,55 @@ from dpdeepsets.audit import (
 ROOT = Path(__file__).resolve().parents[2]
 
 # Rules whose output is a differentially private release of their private inputs, each with an
-# accountant (release_embedding: analytic Gaussian, ledger entry composed in privacy_ledger.csv).
-# A DP-SGD-family rule joins this list only together with its accountant: fit_baseline
-# (dpsgd, public_ft_dpsgd, pda_dpmd) is DP via the opacus accountant (make_private_with_epsilon,
-# the accounted epsilon in its ledger JSON, listed in privacy_ledger.csv).
-# The nonprivate baseline is a rule of its own (fit_nonprivate, eps=inf): it is the declared
-# non-private reference, like the release's eps=inf cells, and is NOT in this list.
-DP_RULES = frozenset({"release_embedding", "fit_baseline"})
-# Rules whose outputs are published: the generated adapters and the samples (sample: the DP
-# grid of a method; sample_reference: the eps=inf cells and the base model).
-RELEASED_RULES = frozenset({"generate_lora", "sample", "sample_reference", "sample_figure"})
+# accountant (release_embedding: analytic Gaussian; the rule that fits the registry's dp_sgd
+# methods: DP-SGD accounted by dpdeepsets.privacy). Both write ledger entries that
+# privacy_ledger.csv lists.
+DP_RULES = frozenset({"release_embedding"} | {"fit_baseline" for _ in M.names(privacy="dp_sgd")})
+# The epsilon = inf cells (privacy.nonprivate_reference) and the nonprivate fit: NON-private
+# references, in rules of their own (no job writes DP and non-private artifacts together).
+NONPRIVATE_REFERENCE_RULES = frozenset({"release_reference", "generate_lora_reference",
+                                        "sample_reference", "fit_nonprivate"})
+# Rules whose outputs are published: adapters, samples (and their features), the figure.
+RELEASED_RULES = frozenset({"generate_lora", "generate_public", "sample", "sample_public",
+                            "sample_figure"}) | NONPRIVATE_REFERENCE_RULES - {"fit_nonprivate",
+                                                                           "release_reference"}
 # Rules that read private data to *score*; their outputs are evaluation output, not releases.
-EVALUATION_RULES = frozenset({"reference_features", "evaluate", "evaluate_reference", "report"})
-# Private-data rules that are declared non-private references (eps=inf, no noise at all).
-NONPRIVATE_REFERENCE_RULES = frozenset({"fit_nonprivate"})
+EVALUATION_RULES = frozenset({"private_set_features", "score", "report"})
 # Private preprocessing inside the trust boundary: may read private data, must only feed DP or
 # evaluation rules (and only for the private pool).
 PRIVATE_PREP_RULES = frozenset({"embed", "build_subsets"})
-# Public rules (read public data only), besides the DP-DeepSets public side.
-PUBLIC_RULES = frozenset({"prepare_data", "pretrain_base", "fit_embedder", "fit_lora", "gather_loras",
-                          "train_hypernet", "fit_public_lora"})
-# Aggregate target rules (no outputs of their own).
+# Public rules (read public data only).
+PUBLIC_RULES = frozenset({"prepare_data", "pretrain_base", "fit_embedder", "fit_bank_shard",
+                          "gather_bank", "train_hypernet", "fit_public_pool_lora",
+                          "fit_digit_classifier", "inception_onnx"})
+# The secret noise key: read by the DP rules only (and the noise-free reference release).
+SECRET_RULES = frozenset({"noise_key"})
 TARGET_RULES = frozenset({"all"})
-# epsilon = inf cells (privacy.nonprivate_reference) run the release with sigma = 0, and the
-# nonprivate baseline fits its LoRA without noise (also eps=inf): NON-PRIVATE references.
-# Those jobs do not count as DP, so their adapters and samples are private-derived; they are
-# the one declared exception (evaluation-only reference artifacts).
-NONPRIVATE_REFERENCE_WILDCARD = "eps=inf"
 PRIVATE_FILES = ("data/private.npz",)  # relative to results_dir
 LEDGER_FILE = "privacy_ledger.csv"  # relative to results_dir; written by the accountant
 
 
 def dp_kind(label: str) -> str:
-    """The rule of a job for the data-flow check: a DP-rule job at epsilon = inf is not DP, nor is
-    a declared non-private reference rule."""
+    """The rule of a job for the data-flow check: a reference rule is not DP."""
     rule = rule_of(label)
-    if (rule in DP_RULES and NONPRIVATE_REFERENCE_WILDCARD in label) or rule in NONPRIVATE_REFERENCE_RULES:
+    if rule in NONPRIVATE_REFERENCE_RULES:
         return rule + " (non-private reference)"
     return rule
 
 
 def _is_reference(label: str) -> bool:
-    return NONPRIVATE_REFERENCE_WILDCARD in label
+    return rule_of(label) in NONPRIVATE_REFERENCE_RULES
 
 
 def _copy_workflow(dst: Path) -> Path:
     dst.mkdir(parents=True)
     shutil.copy2(ROOT / "Snakefile", dst / "Snakefile")
-    for sub in ("workflow/rules", "config", "envs", "profiles"):
-        if (ROOT / sub).exists():
-            shutil.copytree(ROOT / sub, dst / sub)
+    for sub in ("workflow", "config", "profiles"):
+        shutil.copytree(ROOT / sub, dst / sub, ignore=shutil.ignore_patterns("__pycache__"))
     return dst
 
 
-# The default config evaluates every method; this override switches the baselines off.
+# The default config evaluates every registered method; this override keeps DP-DeepSets only.
 BASELINES_OFF = "evaluation:\n  methods: [dpdeepsets, base]\n"
 
 
@@ -191,15 +189,15 @@ def test_parser_sees_every_job(dag):
         assert j["jobid"] is not None and (j["output"] or j["rule"] in TARGET_RULES), j
     # the rules this model classifies are exactly the workflow's rules
     known = (DP_RULES | RELEASED_RULES | EVALUATION_RULES | PRIVATE_PREP_RULES | TARGET_RULES
-             | PUBLIC_RULES | NONPRIVATE_REFERENCE_RULES)
+             | PUBLIC_RULES | NONPRIVATE_REFERENCE_RULES | SECRET_RULES)
     if not dag.baselines:
-        known = known - {"fit_baseline", "fit_public_lora", "fit_nonprivate"}
+        known = known - {"fit_baseline", "fit_public_pool_lora", "fit_nonprivate", "generate_public"}
     assert {rule_of(lbl) for lbl in dag.labels} == known, "a new rule must be classified here"
 
 
 def test_private_sources_are_found(dag):
     assert "embed[pool=private]" in dag.sources
-    expected = {"embed", "reference_features"} | ({"fit_baseline", "fit_nonprivate"} if dag.baselines else set())
+    expected = {"embed", "private_set_features"} | ({"fit_baseline", "fit_nonprivate"} if dag.baselines else set())
     assert {rule_of(s) for s in dag.sources} == expected
     assert dag.of_rule(*DP_RULES) and dag.of_rule(*RELEASED_RULES)
 
@@ -221,13 +219,14 @@ def test_released_artifacts_depend_on_private_data_only_through_dp(dag):
 
 def test_nonprivate_reference_cells_are_exactly_the_exception(dag):
     violations = check_private_flow(dag.edges, dag.sources, DP_RULES, RELEASED_RULES, rule_of=dp_kind)
-    reference = {j for j in dag.of_rule(*RELEASED_RULES)
-                 if _is_reference(j) and "method=base" not in j}  # base samples read no private data
+    reference = {j for j in dag.of_rule(*RELEASED_RULES) if _is_reference(j)}
     assert {p[-1] for p in violations} == reference
-    # the reference cells are exactly the sample_reference jobs that read private data, and the
-    # DP grid jobs (sample, one per method / set / seed) carry no eps=inf cell
-    assert {rule_of(j) for j in reference} <= {"generate_lora", "sample_reference"}
-    assert not any(_is_reference(j) for j in dag.of_rule("sample"))
+    # the reference cells are exactly the reference rules' jobs, and the DP grid jobs (one per
+    # method / set / seed) carry no eps=inf cell
+    assert {rule_of(j) for j in reference} == {"generate_lora_reference", "sample_reference"}
+    assert not any("epsinf" in f for j in dag.jobs if j["rule"] in ("sample", "generate_lora",
+                                                                      "release_embedding", "fit_baseline")
+                   for f in j["output"])
     # the default config does have the reference (privacy.nonprivate_reference: true), so this
     # test exercises the exception; its paths all run through an epsilon = inf release or the
     # nonprivate fit
@@ -259,12 +258,13 @@ def test_baseline_fits_are_dp_except_the_nonprivate_reference(dag):
     # the nonprivate fits read the private set and are exactly the eps=inf references
     assert nonprivate and all(f in dag.sources and _is_reference(f) for f in nonprivate)
     # the public LoRA they start from reads no private data
-    [pub] = dag.of_rule("fit_public_lora")
+    [pub] = dag.of_rule("fit_public_pool_lora")
     assert not dag.ancestors(pub) & dag.sources and pub not in dag.sources
     # DP-SGD samples (finite epsilon) are clean; nonprivate samples are reference cells
     violations = check_private_flow(dag.edges, dag.sources, DP_RULES, RELEASED_RULES, rule_of=dp_kind)
     leaked = {p[-1] for p in violations}
-    dp_samples = [j for j in dag.of_rule("sample") if re.search(r"method=(dpsgd|public_ft_dpsgd|pda_dpmd),", j)]
+    dp_samples = [j for j in dag.of_rule("sample")
+                  if re.search(r"method=(" + "|".join(M.names(privacy="dp_sgd")) + "),", j)]
     assert dp_samples and not leaked & set(dp_samples)
     assert {j for j in leaked if "method=nonprivate" in j} == set(
         j for j in dag.of_rule("sample_reference") if "method=nonprivate" in j) != set()
@@ -286,9 +286,16 @@ def test_every_dp_job_is_accounted_in_the_ledger(dag):
         assert (job, accountant) in dag.edges, f"{job} is missing from {LEDGER_FILE}"
 
 
+def test_the_secret_key_reaches_dp_rules_only(dag):
+    key = [j for j in dag.jobs if j["rule"] == "noise_key"]
+    assert len(key) == 1
+    readers = {rule_of(b) for a, b in dag.edges if a == job_label(key[0])}
+    assert readers and readers <= DP_RULES | {"release_reference"}, readers
+
+
 def test_evaluation_rules_are_marked_evaluation_only():
     text = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
-    for rule in ("reference_features", "evaluate", "evaluate_reference"):
+    for rule in ("private_set_features", "score"):
         m = re.search(rf'^rule {rule}:\n\s+"""(.*?)"""', text, re.MULTILINE | re.DOTALL)
         assert m and m.group(1).startswith("EVALUATION ONLY"), rule
     m = re.search(r'^rule release_embedding:\n\s+"""(.*?)"""', text, re.MULTILINE | re.DOTALL)
@@ -318,16 +325,16 @@ def test_checker_flags_a_missing_dp_step(dag):
 
 
 def test_checker_flags_evaluation_feeding_a_release(dag):
-    ref, smp = dag.of_rule("reference_features")[0], dag.of_rule("sample")[0]
+    ref, smp = dag.of_rule("private_set_features")[0], dag.of_rule("sample")[0]
     edges = set(dag.edges) | {(ref, smp)}
     assert [ref, smp] in check_private_flow(edges, dag.sources, DP_RULES, RELEASED_RULES)
 
 
 def test_checker_flags_a_workflow_that_feeds_private_embeddings_to_generate_lora(tmp_path):
     def leak(wf):
-        rules = wf / "workflow" / "rules" / "release.smk"
+        rules = wf / "workflow" / "rules" / "generate.smk"
         text = rules.read_text()
-        anchor = '        hypernet=f"{R}/hypernet/hypernet.pt",\n'
+        anchor = '        releases=per_epsilon(f"{R}/release/{{pset}}/eps{{eps}}_seed{{seed}}.json"),\n'
         assert anchor in text
         rules.write_text(text.replace(anchor, anchor + '        leak=f"{R}/embeddings/private.npy",\n'))
 

@@ -28,11 +28,11 @@ rule fit_public_pool_lora:
 rule fit_baseline:
     """DP (DP-SGD, accounted by dpdeepsets.privacy): one method on one private set, one independent fit per finite epsilon."""
     input:
+        unpack(key_input),
         unpack(baseline_inputs),
         base=f"{R}/base",
         private=f"{R}/data/private.npz",
         sets=f"{R}/subsets/private.npz",
-        key=NOISE_KEY,
     output:
         adapters=[directory(p) for p in per_epsilon(f"{R}/adapters/{{method}}/{{pset}}/eps{{eps}}_seed{{seed}}")],
         ledgers=per_epsilon(f"{R}/ledger/{{method}}/{{pset}}/eps{{eps}}_seed{{seed}}.json"),
@@ -42,6 +42,7 @@ rule fit_baseline:
     params:
         settings=settings("baselines", "lora", "privacy"),
         flags=baseline_flags,
+        key=key_flag,
         eps=" ".join(FINITE_EPSILONS),
     threads: THREADS_HEAVY
     resources:
@@ -55,7 +56,7 @@ rule fit_baseline:
     shell:
         "python {SCRIPTS}/fit_baseline.py --settings {params.settings} --threads {threads}"
         " --method {wildcards.method} --base {input.base} --private {input.private}"
-        " --sets {input.sets} --pset {wildcards.pset} --n {SET_SIZE} --key {input.key}"
+        " --sets {input.sets} --pset {wildcards.pset} --n {SET_SIZE} {params.key}"
         " {params.flags} --epsilon {params.eps} --seed {wildcards.seed}"
         " --out {output.adapters} --out-ledger {output.ledgers} > {log} 2>&1"
 

@@ -68,7 +68,17 @@ def script(name):
 
 # The secret noise key of every DP release and DP-SGD fit (dpdeepsets.noise): the user's file,
 # or one created on first use inside the results directory (a fresh run gets fresh noise).
+# privacy.noise=secure needs none (fresh OS entropy per release).
 NOISE_KEY = config["privacy"]["key_file"] or f"{R}/.secret/noise.key"
+KEYED = config["privacy"]["noise"] == "keyed"
+
+
+def key_input(wildcards):
+    return {"key": NOISE_KEY} if KEYED else {}
+
+
+def key_flag(wildcards, input):
+    return f"--key {input.key}" if "key" in input.keys() else ""
 
 # ---------------------------------------------------------------- the grid
 

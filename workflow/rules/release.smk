@@ -17,13 +17,14 @@ if not config["privacy"]["key_file"]:
 rule release_embedding:
     """DP: one private set's clipped mean embedding + analytic Gaussian noise, at every finite epsilon."""
     input:
+        unpack(key_input),
         embeddings=f"{R}/embeddings/private.npy",
         sets=f"{R}/subsets/private.npz",
-        key=NOISE_KEY,
     output:
         per_epsilon(f"{R}/release/{{pset}}/eps{{eps}}_seed{{seed}}.json"),
     params:
         settings=settings("privacy"),
+        key=key_flag,
         eps=" ".join(FINITE_EPSILONS),
     priority: PRIORITY_CRITICAL
     resources:
@@ -36,7 +37,7 @@ rule release_embedding:
         f"{R}/benchmarks/release_embedding/{{pset}}_seed{{seed}}.tsv"
     shell:
         "python {SCRIPTS}/release_embedding.py --settings {params.settings}"
-        " --embeddings {input.embeddings} --sets {input.sets} --key {input.key} --n {SET_SIZE}"
+        " --embeddings {input.embeddings} --sets {input.sets} {params.key} --n {SET_SIZE}"
         " --pset {wildcards.pset} --epsilon {params.eps} --seed {wildcards.seed}"
         " --out {output} > {log} 2>&1"
 
@@ -44,13 +45,14 @@ rule release_embedding:
 rule release_reference:
     """NOT private: the exact clipped mean (epsilon = inf, no noise), a non-private reference cell."""
     input:
+        unpack(key_input),
         embeddings=f"{R}/embeddings/private.npy",
         sets=f"{R}/subsets/private.npz",
-        key=NOISE_KEY,
     output:
         f"{R}/release/{{pset}}/epsinf_seed{{seed}}.json",
     params:
         settings=settings("privacy"),
+        key=key_flag,
     resources:
         **stage_resources("light"),
     conda:
@@ -61,6 +63,6 @@ rule release_reference:
         f"{R}/benchmarks/release_embedding/{{pset}}_epsinf_seed{{seed}}.tsv"
     shell:
         "python {SCRIPTS}/release_embedding.py --settings {params.settings}"
-        " --embeddings {input.embeddings} --sets {input.sets} --key {input.key} --n {SET_SIZE}"
+        " --embeddings {input.embeddings} --sets {input.sets} {params.key} --n {SET_SIZE}"
         " --pset {wildcards.pset} --epsilon inf --seed {wildcards.seed}"
         " --out {output} > {log} 2>&1"

@@ -19,7 +19,7 @@ def main():
     p = cli.make_parser(__doc__, SECTIONS)
     p.add_argument("--embeddings", required=True, help="private embeddings .npy")
     p.add_argument("--sets", required=True, help="private sets .npz")
-    p.add_argument("--key", required=True, help="the secret noise key file (privacy.noise=keyed)")
+    p.add_argument("--key", help="the secret noise key file (privacy.noise=keyed)")
     p.add_argument("--n", type=int, required=True,
                    help="the public set size n (subsets.set_size): the release divides by it")
     p.add_argument("--pset", required=True, help="private set id, e.g. p0")
@@ -44,7 +44,7 @@ def main():
         noisy, ledger = privacy.release_clipped_mean(
             x, epsilon=eps, delta=priv["delta"], clip_norm=priv["clip_norm"],
             adjacency=priv["adjacency"], n=args.n, noise=source)
-        ledger.update({"pset": args.pset, "seed": args.seed, "method": "dpdeepsets"})
+        ledger.update({"pset": args.pset, "replicate": args.seed, "method": "dpdeepsets"})
         write_json(out, {"ledger": ledger, "noisy_embedding": noisy.tolist()})
         log.info("released %s eps=%s: d=%d delta=%g sigma=%.6g (%s noise, %s)", args.pset,
                  format_epsilon(eps), ledger["dim"], ledger["delta"], ledger["sigma"],
