@@ -313,10 +313,12 @@ def fit_lora(unet, scheduler, targets: list[L.Target], images: torch.Tensor, *,
     for step in range(hyper.steps):
         if dp is not None:  # Poisson sampling at rate q from the secret generator
             x0 = images_cpu[torch.rand(n, generator=poisson) < dp.sample_rate]
+        elif hyper.batch_size >= n:  # full batch, as DP-SGD at sample rate 1 sees it
+            x0 = images_cpu
         else:  # epochs of shuffled minibatches
             if pos + hyper.batch_size > len(order):
                 order, pos = torch.randperm(n, generator=draws), 0
-            x0 = images_cpu[order[pos:pos + min(hyper.batch_size, n)]]
+            x0 = images_cpu[order[pos:pos + hyper.batch_size]]
             pos += hyper.batch_size
         x0 = x0.to(device)
         g_pub = None

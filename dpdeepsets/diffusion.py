@@ -163,13 +163,19 @@ def ddim_sample(unet: UNet2DModel, scheduler: DDPMScheduler, *, num_samples: int
     once (a UNet whose :class:`~dpdeepsets.lora.GroupedLoRALayer` s hold S LoRAs): every
     group starts from the same noise (and, with eta > 0, gets the same step noise), the
     batch is group-major, and the result is ``[S * num_samples, ...]``, group after group.
+    With eta > 0 each sample draws its step noise from a generator of its own, so the
+    samples do not depend on ``batch_size``.
     """
+    from .seeds import derive_seed
+
     ddim = DDIMScheduler.from_config(scheduler.config)
     ddim.set_timesteps(steps)
     cfg = unet.config
     gen = torch.Generator().manual_seed(seed)
     shape = (num_samples, cfg.in_channels, cfg.sample_size, cfg.sample_size)
     x_all = torch.randn(shape, generator=gen)
+    step_gens = ([torch.Generator().manual_seed(derive_seed(seed, "ddim_eta", i)) for i in range(num_samples)]
+                 if eta > 0 else None)
     out = []
     bar = tqdm(total=groups * num_samples * steps, desc=desc, unit="img-step", mininterval=5)
     for start in range(0, num_samples, batch_size):
@@ -179,8 +185,10 @@ def ddim_sample(unet: UNet2DModel, scheduler: DDPMScheduler, *, num_samples: int
         for t in ddim.timesteps:
             eps = unet(x, t).sample
             step_noise = None
-            if eta > 0:  # drawn on the CPU generator so samples do not depend on the device
-                step_noise = torch.randn((b, *shape[1:]), generator=gen).repeat(groups, 1, 1, 1).to(device)
+            if eta > 0:  # drawn on CPU generators so samples do not depend on the device
+                step_noise = torch.stack([torch.randn(shape[1:], generator=g)
+                                          for g in step_gens[start:start + b]])
+                step_noise = step_noise.repeat(groups, 1, 1, 1).to(device)
             x = ddim.step(eps, t, x, eta=eta, variance_noise=step_noise).prev_sample
             bar.update(x.shape[0])
         out.append(x.clamp(-1, 1).cpu().view(groups, b, *shape[1:]))

@@ -29,21 +29,30 @@ def _same(a1: dict, a2: dict) -> bool:
     return a1.keys() == a2.keys() and all(torch.equal(a1[k], a2[k]) for k in a1)
 
 
-def sample_adapters(unet, scheduler, adapters: list | None, *, num_samples: int, steps: int,
-                    seed: int, batch_size: int, eta: float = 0.0, device="cpu",
-                    desc: str = "sample") -> list[np.ndarray]:
-    """uint8 NHWC samples of every adapter (``None`` or ``[None]``: the base model alone).
+def sample_adapters(unet, scheduler, adapters: list | None, **kw) -> list[np.ndarray]:
+    """uint8 NHWC samples of every PEFT adapter directory (``None`` or ``[None]``: the base
+    model alone); the keyword arguments are :func:`sample_loras`'."""
+    if not adapters or adapters == [None]:
+        return sample_loras(unet, scheduler, None, **kw)
+    return sample_loras(unet, scheduler, [_load(p) for p in adapters], **kw)
+
+
+def sample_loras(unet, scheduler, loras: list | None, *, num_samples: int, steps: int,
+                 seed: int, batch_size: int, eta: float = 0.0, device="cpu",
+                 desc: str = "sample") -> list[np.ndarray]:
+    """uint8 NHWC samples of every LoRA ``(A dict, B dict [out, r], scaling)`` (None: the base
+    model alone), batched where they share A.
 
     ``unet`` is modified in place (wrapped layers) and should be a fresh copy of the base
-    model. Every adapter is sampled from the same starting noise (``seed``).
+    model. Every LoRA is sampled from the same starting noise (``seed``).
     """
     from .diffusion import ddim_sample, tensor_to_images
 
-    if not adapters or adapters == [None]:
+    if not loras:
         x = ddim_sample(unet, scheduler, num_samples=num_samples, steps=steps, seed=seed,
                         batch_size=batch_size, eta=eta, device=device, desc=desc)
         return [tensor_to_images(x)]
-    loaded = [_load(p) for p in adapters]
+    loaded = list(loras)
     groups: list[list[int]] = []  # adapters sharing A and scaling
     for i, (a, _, scaling) in enumerate(loaded):
         for g in groups:

@@ -327,7 +327,7 @@ def test_atomic_save_failure_keeps_previous(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full (simulated)")
 
-    monkeypatch.setattr(D, "_write_npy_member", boom)  # fails mid-write
+    monkeypatch.setattr(D.store, "_write_npy_member", boom)  # fails mid-write
     with pytest.raises(RuntimeError, match="simulated"):
         D.save_split(str(p), np.zeros((3, 4, 4, 1), np.uint8), None)
     monkeypatch.undo()

@@ -57,7 +57,7 @@ def test_save_split_index_streams_the_same_rows(tmp_path, monkeypatch):
     np.savez(src, images=x, labels=y)
     xm, ym = D.load_npz(str(src))
     idx = np.sort(np.random.default_rng(3).choice(1000, 300, replace=False))
-    monkeypatch.setattr(D, "CHUNK_BYTES", 16 * 7)  # 7 rows per chunk: many chunks
+    monkeypatch.setattr(D.store, "CHUNK_BYTES", 16 * 7)  # 7 rows per chunk: many chunks
     out = tmp_path / "out.npz"
     D.save_split(str(out), xm, ym, index=idx)
     xo, yo = D.load_split(str(out))
@@ -87,7 +87,8 @@ def test_prepare_data_peak_rss_stays_far_below_the_pool(tmp_path):
 
     settings = {"data": {"source": {"kind": "npz", "path": str(src), "split": "all"},
                          "public_source": None, "image_size": side, "public_fraction": 0.8,
-                         "split_seed": 0}}
+                         "split_seed": 0, "validation_fraction": 0.2, "public_classes": None,
+                         "private_classes": None}}
     out = tmp_path / "out"
     # A wrapper reports the peak RSS of its one child, the real stage script.
     wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
@@ -95,12 +96,13 @@ def test_prepare_data_peak_rss_stays_far_below_the_pool(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", wrapper, sys.executable, "workflow/scripts/prepare_data.py",
          "--settings", json.dumps(settings), "--out-public", str(out / "public.npz"),
-         "--out-private", str(out / "private.npz"), "--out-summary", str(out / "summary.json")],
+         "--out-validation", str(out / "validation.npz"), "--out-private", str(out / "private.npz"),
+         "--out-summary", str(out / "summary.json")],
         cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     peak_mb = int(proc.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB on Linux
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["public"] + summary["private"] == n
+    assert summary["public"] + summary["validation"] + summary["private"] == n
     pub, _ = D.load_split(str(out / "public.npz"), mmap=True)
     assert pub.shape == (summary["public"], side, side, 3)
     # Materialising the pool would need >= 1x (load) + 1x (split copies) = 400 MB.

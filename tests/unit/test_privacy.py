@@ -144,7 +144,7 @@ def test_calibration_refuses_bad_parameters(kwargs, match):
 
 def test_privacy_error_is_value_error():
     assert issubclass(PrivacyError, ValueError)
-    assert P.ADJACENCIES == ("replace_one", "add_remove")
+    assert P.ADJACENCIES == ("add_remove", "replace_one")
 
 
 # ------------------------------------------------------ sensitivity, clipping

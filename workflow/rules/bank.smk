@@ -22,7 +22,7 @@ rule fit_bank_shard:
     benchmark:
         f"{R}/benchmarks/fit_bank_shard_{{shard}}.tsv"
     shell:
-        "python {SCRIPTS}/fit_bank_shard.py --settings {params.settings} --threads {threads}"
+        f"python {SCRIPTS}/fit_bank_shard.py --settings {{params.settings}} --threads {{threads}}"
         " --base {input.base} --public {input.public} --subsets {input.subsets}"
         " --shard {wildcards.shard} --out {output} > {log} 2>&1"
 
@@ -43,4 +43,4 @@ rule gather_bank:
     benchmark:
         f"{R}/benchmarks/gather_bank.tsv"
     shell:
-        "python {SCRIPTS}/gather_bank.py --shards {input} --out {output} > {log} 2>&1"
+        f"python {SCRIPTS}/gather_bank.py --shards {{input}} --out {{output}} > {{log}} 2>&1"

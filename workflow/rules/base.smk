@@ -16,5 +16,5 @@ rule pretrain_base:
     benchmark:
         f"{R}/benchmarks/pretrain_base.tsv"
     shell:
-        "python {SCRIPTS}/pretrain_base.py --settings {params.settings}"
+        f"python {SCRIPTS}/pretrain_base.py --settings {{params.settings}}"
         " --threads {threads} --public {input.public} --out {output} > {log} 2>&1"

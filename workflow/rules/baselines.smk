@@ -21,7 +21,7 @@ rule fit_public_pool_lora:
     benchmark:
         f"{R}/benchmarks/fit_public_pool_lora.tsv"
     shell:
-        "python {SCRIPTS}/fit_baseline.py --settings {params.settings} --threads {threads}"
+        f"python {SCRIPTS}/fit_baseline.py --settings {{params.settings}} --threads {{threads}}"
         " --public-pool --base {input.base} --public {input.public} --out {output} > {log} 2>&1"
 
 
@@ -40,6 +40,7 @@ rule fit_baseline:
         method=alternatives(FITTED_DP),
         pset=r"p\d+",
     params:
+        n=SET_SIZE,
         settings=settings("baselines", "lora", "privacy"),
         flags=baseline_flags,
         key=key_flag,
@@ -54,9 +55,9 @@ rule fit_baseline:
     benchmark:
         f"{R}/benchmarks/fit_baseline/{{method}}_{{pset}}_seed{{seed}}.tsv"
     shell:
-        "python {SCRIPTS}/fit_baseline.py --settings {params.settings} --threads {threads}"
+        f"python {SCRIPTS}/fit_baseline.py --settings {{params.settings}} --threads {{threads}}"
         " --method {wildcards.method} --base {input.base} --private {input.private}"
-        " --sets {input.sets} --pset {wildcards.pset} --n {SET_SIZE} {params.key}"
+        " --sets {input.sets} --pset {wildcards.pset} --n {params.n} {params.key}"
         " {params.flags} --epsilon {params.eps} --seed {wildcards.seed}"
         " --out {output.adapters} --out-ledger {output.ledgers} > {log} 2>&1"
 
@@ -74,6 +75,7 @@ rule fit_nonprivate:
         method=alternatives(methods_where(lambda m: m.privacy == "nonprivate")),
         pset=r"p\d+",
     params:
+        n=SET_SIZE,
         settings=settings("baselines", "lora", "privacy"),
     threads: THREADS_HEAVY
     resources:
@@ -85,7 +87,7 @@ rule fit_nonprivate:
     benchmark:
         f"{R}/benchmarks/fit_baseline/{{method}}_{{pset}}_epsinf_seed{{seed}}.tsv"
     shell:
-        "python {SCRIPTS}/fit_baseline.py --settings {params.settings} --threads {threads}"
+        f"python {SCRIPTS}/fit_baseline.py --settings {{params.settings}} --threads {{threads}}"
         " --method {wildcards.method} --base {input.base} --private {input.private}"
-        " --sets {input.sets} --pset {wildcards.pset} --n {SET_SIZE} --epsilon inf"
+        " --sets {input.sets} --pset {wildcards.pset} --n {params.n} --epsilon inf"
         " --seed {wildcards.seed} --out {output.adapter} --out-ledger {output.ledger} > {log} 2>&1"

@@ -62,10 +62,6 @@ def settings(*sections):
     return shlex.quote(json.dumps({s: config[s] for s in sections}, sort_keys=True))
 
 
-def script(name):
-    return f"python {SCRIPTS}/{name}.py"
-
-
 # The secret noise key of every DP release and DP-SGD fit (dpdeepsets.noise): the user's file,
 # or one created on first use inside the results directory (a fresh run gets fresh noise).
 # privacy.noise=secure needs none (fresh OS entropy per release).
@@ -212,6 +208,23 @@ def classifier_input(wildcards):
 
 def classifier_flag(wildcards, input):
     return f"--classifier {input.classifier}" if "classifier" in input.keys() else ""
+
+
+def _sample_inputs(eps_list):
+    def inputs(wildcards):
+        out = {"base": f"{R}/base", **sample_inputs(wildcards, eps_list), **classifier_input(wildcards)}
+        out.update(inception_input(wildcards))
+        return out
+
+    return inputs
+
+
+SAMPLE_SHELL = (
+    f"python {SCRIPTS}/sample.py --settings {{params.settings}} --threads {{threads}}"
+    " --base {input.base} {params.adapter} {params.classifier} {params.inception}"
+    " --seed {wildcards.seed} --out {output.samples} --out-grid {output.grids}"
+    " --out-features {output.features} > {log} 2>&1"
+)
 
 
 CLASS_HISTOGRAM = config["evaluation"]["class_histogram"]

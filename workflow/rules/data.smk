@@ -16,6 +16,6 @@ rule prepare_data:
     benchmark:
         f"{R}/benchmarks/prepare_data.tsv"
     shell:
-        "python {SCRIPTS}/prepare_data.py --settings {params.settings}"
+        f"python {SCRIPTS}/prepare_data.py --settings {{params.settings}}"
         " --out-public {output.public} --out-validation {output.validation}"
         " --out-private {output.private} --out-summary {output.summary} > {log} 2>&1"

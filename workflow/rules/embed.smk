@@ -17,7 +17,7 @@ rule fit_embedder:
     benchmark:
         f"{R}/benchmarks/fit_embedder.tsv"
     shell:
-        "python {SCRIPTS}/fit_embedder.py --settings {params.settings}"
+        f"python {SCRIPTS}/fit_embedder.py --settings {{params.settings}}"
         " --threads {threads} --public {input.public} --out {output} > {log} 2>&1"
 
 
@@ -41,5 +41,5 @@ rule embed:
     benchmark:
         f"{R}/benchmarks/embed_{{pool}}.tsv"
     shell:
-        "python {SCRIPTS}/embed.py --settings {params.settings} --threads {threads}"
+        f"python {SCRIPTS}/embed.py --settings {{params.settings}} --threads {{threads}}"
         " --images {input.images} --projection {input.projection} --out {output} > {log} 2>&1"

@@ -34,7 +34,7 @@ rule fit_digit_classifier:
     benchmark:
         f"{R}/benchmarks/fit_digit_classifier.tsv"
     shell:
-        "python {SCRIPTS}/fit_digit_classifier.py --public {input.public}"
+        f"python {SCRIPTS}/fit_digit_classifier.py --public {{input.public}}"
         " --validation {input.validation} --out {output} > {log} 2>&1"
 
 
@@ -59,7 +59,7 @@ rule private_set_features:
     benchmark:
         f"{R}/benchmarks/private_set_features.tsv"
     shell:
-        "python {SCRIPTS}/private_set_features.py --settings {params.settings} --threads {threads}"
+        f"python {SCRIPTS}/private_set_features.py --settings {{params.settings}} --threads {{threads}}"
         " {params.inception} --private {input.private} --sets {input.sets} --out {output} > {log} 2>&1"
 
 
@@ -81,5 +81,5 @@ rule score:
     benchmark:
         f"{R}/benchmarks/score/{{method}}.tsv"
     shell:
-        "python {SCRIPTS}/score.py --settings {params.settings} --features {input.features}"
+        f"python {SCRIPTS}/score.py --settings {{params.settings}} --features {{input.features}}"
         " --private {input.private} --out {output} > {log} 2>&1"

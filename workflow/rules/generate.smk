@@ -25,7 +25,7 @@ rule generate_lora:
     benchmark:
         f"{R}/benchmarks/generate_lora/{{method}}_{{pset}}_seed{{seed}}.tsv"
     shell:
-        "python {SCRIPTS}/generate_lora.py --method {wildcards.method} {params.flags}"
+        f"python {SCRIPTS}/generate_lora.py --method {{wildcards.method}} {{params.flags}}"
         " --release {input.releases} --out {output} > {log} 2>&1"
 
 
@@ -50,7 +50,7 @@ rule generate_lora_reference:
     benchmark:
         f"{R}/benchmarks/generate_lora/{{method}}_{{pset}}_epsinf_seed{{seed}}.tsv"
     shell:
-        "python {SCRIPTS}/generate_lora.py --method {wildcards.method} {params.flags}"
+        f"python {SCRIPTS}/generate_lora.py --method {{wildcards.method}} {{params.flags}}"
         " --release {input.release} --out {output} > {log} 2>&1"
 
 
@@ -73,5 +73,5 @@ rule generate_public:
     benchmark:
         f"{R}/benchmarks/generate_lora/{{method}}_seed{{seed}}.tsv"
     shell:
-        "python {SCRIPTS}/generate_lora.py --method {wildcards.method} {params.flags}"
+        f"python {SCRIPTS}/generate_lora.py --method {{wildcards.method}} {{params.flags}}"
         " --out {output} > {log} 2>&1"

@@ -20,6 +20,6 @@ rule train_hypernet:
     benchmark:
         f"{R}/benchmarks/train_hypernet.tsv"
     shell:
-        "python {SCRIPTS}/train_hypernet.py --settings {params.settings}"
+        f"python {SCRIPTS}/train_hypernet.py --settings {{params.settings}}"
         " --threads {threads} --embeddings {input.embeddings} --subsets {input.subsets}"
         " --bank {input.bank} --out {output.model} --out-summary {output.summary} > {log} 2>&1"

@@ -8,6 +8,8 @@ if not config["privacy"]["key_file"]:
             NOISE_KEY,
         resources:
             **stage_resources("light"),
+        conda:
+            ENV
         log:
             f"{R}/logs/noise_key.log",
         shell:
@@ -23,6 +25,7 @@ rule release_embedding:
     output:
         per_epsilon(f"{R}/release/{{pset}}/eps{{eps}}_seed{{seed}}.json"),
     params:
+        n=SET_SIZE,
         settings=settings("privacy"),
         key=key_flag,
         eps=" ".join(FINITE_EPSILONS),
@@ -36,8 +39,8 @@ rule release_embedding:
     benchmark:
         f"{R}/benchmarks/release_embedding/{{pset}}_seed{{seed}}.tsv"
     shell:
-        "python {SCRIPTS}/release_embedding.py --settings {params.settings}"
-        " --embeddings {input.embeddings} --sets {input.sets} {params.key} --n {SET_SIZE}"
+        f"python {SCRIPTS}/release_embedding.py --settings {{params.settings}}"
+        " --embeddings {input.embeddings} --sets {input.sets} {params.key} --n {params.n}"
         " --pset {wildcards.pset} --epsilon {params.eps} --seed {wildcards.seed}"
         " --out {output} > {log} 2>&1"
 
@@ -51,6 +54,7 @@ rule release_reference:
     output:
         f"{R}/release/{{pset}}/epsinf_seed{{seed}}.json",
     params:
+        n=SET_SIZE,
         settings=settings("privacy"),
         key=key_flag,
     resources:
@@ -62,7 +66,7 @@ rule release_reference:
     benchmark:
         f"{R}/benchmarks/release_embedding/{{pset}}_epsinf_seed{{seed}}.tsv"
     shell:
-        "python {SCRIPTS}/release_embedding.py --settings {params.settings}"
-        " --embeddings {input.embeddings} --sets {input.sets} {params.key} --n {SET_SIZE}"
+        f"python {SCRIPTS}/release_embedding.py --settings {{params.settings}}"
+        " --embeddings {input.embeddings} --sets {input.sets} {params.key} --n {params.n}"
         " --pset {wildcards.pset} --epsilon inf --seed {wildcards.seed}"
         " --out {output} > {log} 2>&1"

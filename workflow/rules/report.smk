@@ -25,7 +25,7 @@ rule report:
     benchmark:
         f"{R}/benchmarks/report.tsv"
     shell:
-        "python {SCRIPTS}/report.py --settings {params.settings} --scores {input.scores}"
+        f"python {SCRIPTS}/report.py --settings {{params.settings}} --scores {{input.scores}}"
         " --releases {input.releases} {input.ledgers} --figure-epsilon {params.figure_eps}"
         " --out-metrics {output.metrics} --out-summary {output.summary}"
         " --out-specificity {output.specificity} --out-ledger {output.ledger}"
@@ -51,5 +51,5 @@ rule sample_figure:
     benchmark:
         f"{R}/benchmarks/sample_figure.tsv"
     shell:
-        "python {SCRIPTS}/sample_figure.py --samples {input} --epsilon {params.eps}"
+        f"python {SCRIPTS}/sample_figure.py --samples {{input}} --epsilon {{params.eps}}"
         " --out {output.methods} --out-sweep {output.sweep} > {log} 2>&1"

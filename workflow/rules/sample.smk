@@ -3,23 +3,6 @@
 # post-processing of the adapters: released artifacts, computed without private data.
 
 
-def _sample_inputs(eps_list):
-    def inputs(wildcards):
-        out = {"base": f"{R}/base", **sample_inputs(wildcards, eps_list), **classifier_input(wildcards)}
-        out.update(inception_input(wildcards))
-        return out
-
-    return inputs
-
-
-SAMPLE_SHELL = (
-    "python {SCRIPTS}/sample.py --settings {params.settings} --threads {threads}"
-    " --base {input.base} {params.adapter} {params.classifier} {params.inception}"
-    " --seed {wildcards.seed} --out {output.samples} --out-grid {output.grids}"
-    " --out-features {output.features} > {log} 2>&1"
-)
-
-
 rule sample:
     """Released: samples of one grid method / private set / seed at every finite epsilon, sampled in one batched pass."""
     input:

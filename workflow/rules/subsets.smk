@@ -16,5 +16,5 @@ rule build_subsets:
     benchmark:
         f"{R}/benchmarks/build_subsets_{{pool}}.tsv"
     shell:
-        "python {SCRIPTS}/build_subsets.py --settings {params.settings}"
+        f"python {SCRIPTS}/build_subsets.py --settings {{params.settings}}"
         " --embeddings {input} --pool {wildcards.pool} --out {output} > {log} 2>&1"

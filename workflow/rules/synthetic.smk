@@ -41,7 +41,7 @@ rule synthetic_experiment:
     benchmark:
         f"{R}/benchmarks/synthetic.tsv"
     shell:
-        "python {SCRIPTS}/synthetic.py --settings {params.settings} --threads {threads}"
+        f"python {SCRIPTS}/synthetic.py --settings {{params.settings}} --threads {{threads}}"
         " --key {input.key}"
         " --out-csv {output.csv} --out-shift-csv {output.shift_csv}"
         " --out-tuning-csv {output.tuning_csv} --out-plot {output.plot}"

@@ -34,7 +34,7 @@ rule tune_baselines_proxy:
     benchmark:
         f"{R}/benchmarks/tuning/{{method}}_{{proxy}}.tsv"
     shell:
-        "python {SCRIPTS}/tune_baselines.py --settings {params.settings} --threads {threads}"
+        f"python {SCRIPTS}/tune_baselines.py --settings {{params.settings}} --threads {{threads}}"
         " --method {wildcards.method} --proxy {wildcards.proxy} --base {input.base}"
         " --validation {input.validation} --sets {input.sets} {params.flags} {params.inception}"
         " --out {output} > {log} 2>&1"
@@ -54,5 +54,5 @@ rule tune_baselines:
     log:
         f"{R}/logs/tuning/choose.log",
     shell:
-        "python {SCRIPTS}/tune_baselines.py --choose {input} --out-chosen {output.chosen}"
+        f"python {SCRIPTS}/tune_baselines.py --choose {{input}} --out-chosen {{output.chosen}}"
         " --out-table {output.table} > {log} 2>&1"
