@@ -25,9 +25,11 @@ What is standard here
   "clean" mode (``self.layers.forward((x - 128) / 128)``), so features match clean-fid's.
   clean-fid's own ``build_feature_extractor`` would download the weights and is never
   called here.
-* **Statistics** are clean-fid's: ``cleanfid.fid.frechet_distance`` on the sample
-  mean/covariance (float64) and ``cleanfid.fid.kernel_distance`` (cubic polynomial
-  kernel ``(x.y/d + 1)^3``, 100 random subsets, subset size ``min(N1, N2, 1000)``).
+* **Statistics** are clean-fid's ``frechet_distance`` on the sample mean/covariance
+  (float64) and ``kernel_distance`` (cubic polynomial kernel ``(x.y/d + 1)^3``, 100 random
+  subsets, subset size ``min(N1, N2, 1000)``), re-implemented without torch in
+  :mod:`dpdeepsets.scores` (with prdc's precision/recall/density/coverage) and re-exported
+  here.
 
 Caveats
 -------
@@ -42,11 +44,10 @@ Caveats
 * The Inception net was trained on ImageNet; for 16x16 grayscale digits upsampled to 299
   the features are a conventional yardstick, not a perceptual truth.  Absolute values
   are not comparable with MNIST FIDs computed at other resolutions or with other resizing.
-* ``scipy.linalg.sqrtm`` in 2048 dimensions takes 15-60 s on a 2-core CPU.  When
-  ``N1 + N2 < d`` :func:`fid_from_features` first maps both feature sets isometrically
-  onto the (N1 + N2)-dimensional subspace that holds them; FID is invariant under such a
-  map, so clean-fid's ``frechet_distance`` returns the same number (to rounding) in a
-  fraction of the time.
+* ``scipy.linalg.sqrtm`` in 2048 dimensions is slow on a small CPU.  When ``N1 + N2 < d``
+  :func:`fid_from_features` first maps both feature sets isometrically onto the
+  (N1 + N2)-dimensional subspace that holds them; FID is invariant under such a map, so
+  the number is the same (to rounding) in a fraction of the time.
 """
 
 from __future__ import annotations
@@ -59,11 +60,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
-from cleanfid.fid import frechet_distance, kernel_distance
 from cleanfid.resize import build_resizer
 from tqdm import tqdm
+
+from dpdeepsets.scores import _check_features, fid_from_features, kid_from_features, precision_recall
 
 __all__ = [
     "FEATURE_DIM",
@@ -73,6 +74,7 @@ __all__ = [
     "compute_fid_kid",
     "fid_from_features",
     "kid_from_features",
+    "precision_recall",
 ]
 
 FEATURE_DIM = 2048
@@ -192,77 +194,6 @@ class InceptionFeatures:
                 feats[start:start + len(batch)] = out.detach().to("cpu", torch.float64).numpy()
                 bar.update(len(batch))
         return feats
-
-
-def _check_features(f, name: str) -> np.ndarray:
-    try:
-        f = np.asarray(f, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a numeric array [N, D]: {exc}") from None
-    if f.ndim != 2:
-        raise ValueError(f"{name} must be 2-d [N, D], got shape {f.shape}")
-    if f.shape[0] < 2:
-        raise ValueError(f"{name} needs at least 2 rows (a covariance / KID needs N >= 2), got N={f.shape[0]}")
-    if f.shape[1] < 1:
-        raise ValueError(f"{name} has no feature dimensions (shape {f.shape})")
-    if not np.isfinite(f).all():
-        raise ValueError(f"{name} contains NaN or inf")
-    return f
-
-
-def _check_pair(f1, f2):
-    f1 = _check_features(f1, "f1")
-    f2 = _check_features(f2, "f2")
-    if f1.shape[1] != f2.shape[1]:
-        raise ValueError(f"feature dimensions differ: f1 has D={f1.shape[1]}, f2 has D={f2.shape[1]}")
-    return f1, f2
-
-
-def fid_from_features(f1, f2) -> float:
-    """Fréchet Inception Distance between two feature sets [N1, D], [N2, D] (N >= 2 each).
-
-    Sample mean and covariance (``np.cov``, ddof 1, float64) go to clean-fid's
-    ``frechet_distance``.  If ``N1 + N2 < D`` both sets are first expressed in an
-    orthonormal basis of the subspace spanned by the (commonly shifted) features; the
-    distance is invariant under this isometry, so the result equals the 2048-d
-    computation up to rounding while ``sqrtm`` runs on a (N1+N2)-d matrix.
-    """
-    f1, f2 = _check_pair(f1, f2)
-    n1, n2, d = f1.shape[0], f2.shape[0], f1.shape[1]
-    if n1 + n2 < d:
-        shift = f2.mean(axis=0)  # FID is translation invariant
-        g1, g2 = f1 - shift, f2 - shift
-        basis, _ = np.linalg.qr(np.concatenate([g1, g2]).T)  # [d, n1+n2], orthonormal columns
-        f1, f2 = g1 @ basis, g2 @ basis
-    mu1, sigma1 = f1.mean(axis=0), np.cov(f1, rowvar=False)
-    mu2, sigma2 = f2.mean(axis=0), np.cov(f2, rowvar=False)
-    with warnings.catch_warnings():
-        # scipy 1.16+ deprecates sqrtm(disp=...) which clean-fid 0.1.35 passes, and sqrtm
-        # warns that the (rank-deficient when N <= D) covariance product is singular.
-        warnings.filterwarnings("ignore", message=".*disp.*", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=scipy.linalg.LinAlgWarning)
-        value = frechet_distance(mu1, sigma1, mu2, sigma2)
-    return float(np.real(value))
-
-
-def kid_from_features(f1, f2, *, num_subsets: int = 100, max_subset_size: int = 1000,
-                      seed: int = 0) -> float:
-    """Kernel Inception Distance (clean-fid ``kernel_distance``) between [N1, D] and [N2, D].
-
-    The subset size is ``min(N1, N2, max_subset_size)`` (clean-fid clamps it), so N as small
-    as 2 works.  clean-fid draws subsets from numpy's global RNG; here it is seeded with
-    ``seed`` for reproducibility and restored afterwards, leaving callers' RNG untouched.
-    """
-    f1, f2 = _check_pair(f1, f2)
-    if num_subsets < 1 or max_subset_size < 2:
-        raise ValueError(f"need num_subsets >= 1 and max_subset_size >= 2, got {num_subsets}, {max_subset_size}")
-    state = np.random.get_state()
-    try:
-        np.random.seed(seed)
-        value = kernel_distance(f1, f2, num_subsets=num_subsets, max_subset_size=max_subset_size)
-    finally:
-        np.random.set_state(state)
-    return float(value)
 
 
 @lru_cache(maxsize=2)
