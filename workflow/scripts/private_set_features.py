@@ -16,7 +16,7 @@ def main():
     p.add_argument("--private", required=True, help="private pool .npz")
     p.add_argument("--sets", required=True, help="private sets .npz")
     p.add_argument("--inception-runtime", default="torch", help="torch, onnxruntime or auto")
-    p.add_argument("--inception-onnx", help="the exported Inception .onnx (rule inception_onnx)")
+    p.add_argument("--inception-cache", help="the Inception ONNX export's directory (rule inception_onnx)")
     p.add_argument("--out", required=True, help="features .npz (features_pI, labels_pI per set)")
     args = p.parse_args()
     ev = cli.read_settings(args, SECTIONS)["evaluation"]
@@ -30,7 +30,7 @@ def main():
     images, labels = load_split(args.private, mmap=True)
     members = np.load(args.sets)["members"]
     extractor = InceptionFeatures(device=pick_device(), batch_size=ev["batch_size"],
-                                  runtime=args.inception_runtime, onnx_path=args.inception_onnx,
+                                  runtime=args.inception_runtime, cache_dir=args.inception_cache,
                                   threads=args.threads)
     arrays = {"psets": np.array([f"p{i}" for i in range(len(members))])}
     for i, rows in enumerate(members):

@@ -21,7 +21,7 @@ def main():
                    help="PEFT adapter directories, one per cell (omit for the base model)")
     p.add_argument("--classifier", help="digit classifier .npz (fit_digit_classifier)")
     p.add_argument("--inception-runtime", default="torch", help="torch, onnxruntime or auto")
-    p.add_argument("--inception-onnx", help="the exported Inception .onnx (rule inception_onnx)")
+    p.add_argument("--inception-cache", help="the Inception ONNX export's directory (rule inception_onnx)")
     p.add_argument("--seed", type=int, required=True, help="sampling seed (the same for every method)")
     p.add_argument("--out", nargs="+", required=True, help="samples .npz (uint8 [N,H,W,C]) per cell")
     p.add_argument("--out-grid", nargs="+", required=True, help="sample grid .png per cell")
@@ -50,7 +50,7 @@ def main():
                                          steps=s["ddim_steps"], seed=args.seed,
                                          batch_size=s["batch_size"], eta=s["eta"], device=device)
     extractor = InceptionFeatures(device=device, batch_size=ev["batch_size"],
-                                  runtime=args.inception_runtime, onnx_path=args.inception_onnx,
+                                  runtime=args.inception_runtime, cache_dir=args.inception_cache,
                                   threads=args.threads)
     labeller = classifier.load(args.classifier) if args.classifier else None
     for images, out, grid, feat_out in zip(cells, args.out, args.out_grid, args.out_features):

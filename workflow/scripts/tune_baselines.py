@@ -57,7 +57,7 @@ def tune(args, cfg, log):
     public = diffusion.images_to_tensor(data.load_split(args.public)[0]) if args.public else None
     init_factors = lora.load_adapter_factors(args.public_lora) if args.public_lora else None
     extractor = InceptionFeatures(device=device, batch_size=cfg["evaluation"]["batch_size"],
-                                  runtime=args.inception_runtime, onnx_path=args.inception_onnx,
+                                  runtime=args.inception_runtime, cache_dir=args.inception_cache,
                                   threads=args.threads)
     reference = extractor(images)
     n = cfg["subsets"]["set_size"]
@@ -155,7 +155,7 @@ def main():
     p.add_argument("--public", help="public pool .npz (public_gradient methods)")
     p.add_argument("--public-lora", help="public-pool LoRA (public_start methods)")
     p.add_argument("--inception-runtime", default="torch")
-    p.add_argument("--inception-onnx")
+    p.add_argument("--inception-cache")
     p.add_argument("--out", help="the candidates' scores .csv")
     p.add_argument("--choose", nargs="+", help="score .csv files: choose instead of tune")
     p.add_argument("--out-chosen", help="chosen baselines.tuned entries .yaml (--choose)")
