@@ -6,7 +6,7 @@ an undeclared private file would pass it. :func:`record` (installed by
 (:pep:`578`) that notes every file the process opens (``open`` events: ``open()``,
 ``os.open``, numpy, torch, PIL, zipfile) and every rename, and at exit writes them to
 ``<log>.access.json`` beside the job's log (the file its stderr goes to; or the path in
-``DPDEEPSETS_ACCESS_LOG``). ``tests/workflow/test_access.py`` reads these records of a whole
+``DPDEEPSETS_ACCESS_LOG``). ``tests/workflow/test_privacy_runtime.py`` reads these records of a whole
 run and fails when a job that writes a released artifact read a private file without being
 a DP rule.
 

@@ -254,9 +254,10 @@ def _make_private(model, opt, plan: DPPlan, noise, grad_sample_mode: str, device
     from opacus.optimizers import DPOptimizer
 
     if grad_sample_mode not in EXACT_GRAD_SAMPLE_MODES:
-        log.warning("grad_sample_mode=%r is NOT exact for convs fed channels_last tensors "
-                    "(diffusers attention outputs); per-sample gradients may be wrong",
-                    grad_sample_mode)
+        # Clipping would bound the wrong vectors: the guarantee would be void, silently.
+        raise ValueError(f"baselines.grad_sample_mode={grad_sample_mode!r} computes wrong "
+                         f"per-sample gradients for convs fed channels_last tensors (diffusers "
+                         f"attention outputs); DP fits use {EXACT_GRAD_SAMPLE_MODES}")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
         gsm = wrap_model(model, grad_sample_mode, batch_first=True, loss_reduction="mean")

@@ -42,7 +42,7 @@ def save_image_grid(path, images: np.ndarray, ncols: int, scale: int = 2) -> Non
         img.save(tmp, format="PNG")
 
 
-def plot_vs_epsilon(path, metrics: pd.DataFrame, metric: str = "fid") -> None:
+def plot_vs_epsilon(path, metrics: pd.DataFrame, metric: str = "fid", adjacency: str = "add_remove") -> None:
     """The paper's main figure: ``metric`` vs epsilon (log2 axis) per method, mean and 95 %
     error bars of 1.96 standard errors over (set, seed) units; methods without an epsilon
     grid (public-only at 0, the non-private reference at inf) are horizontal lines."""
@@ -65,7 +65,7 @@ def plot_vs_epsilon(path, metrics: pd.DataFrame, metric: str = "fid") -> None:
         label = f"{M.get(name).label} ({what})" if name != "dpdeepsets" else "DP-DeepSets without noise (NOT private)"
         ax.axhline(g[metric].mean(), linestyle=next(styles, "--"), color="0.35", lw=1.2, label=label)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("epsilon (log2 scale; delta fixed, add/remove adjacency for every method)")
+    ax.set_xlabel(f"epsilon (log2 scale; delta fixed, {adjacency.replace('_', '/')} adjacency for every method)")
     ax.set_ylabel(f"{metric.upper()} vs private set (lower is better)")
     ax.set_title("Sample quality vs privacy budget (mean, 95% interval over sets x seeds)")
     ax.grid(alpha=0.3)

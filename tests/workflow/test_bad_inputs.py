@@ -1,4 +1,4 @@
-"""The bad-input catalogue (README, Troubleshooting): every entry stops with one line that
+"""The bad-input catalogue (docs/operations.md): every entry stops with one line that
 names the problem and the place, a non-zero exit, and no artifact.
 
 Config problems are caught by Snakemake before any job starts (`snakemake -n` on a temp

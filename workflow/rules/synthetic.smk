@@ -21,11 +21,11 @@ rule synthetic_experiment:
     input:
         key=NOISE_KEY,
     output:
-        csv=report(SYNTHETIC["csv"], category="Synthetic"),
-        shift_csv=report(SYNTHETIC["shift_csv"], category="Synthetic"),
+        csv=report(SYNTHETIC["csv"], caption="../report/synthetic_excess_risk.rst", category="Synthetic"),
+        shift_csv=report(SYNTHETIC["shift_csv"], caption="../report/synthetic_shift.rst", category="Synthetic"),
         tuning_csv=SYNTHETIC["tuning_csv"],
-        plot=report(SYNTHETIC["plot"], category="Synthetic"),
-        shift_plot=report(SYNTHETIC["shift_plot"], category="Synthetic"),
+        plot=report(SYNTHETIC["plot"], caption="../report/synthetic_excess_risk_plot.rst", category="Synthetic"),
+        shift_plot=report(SYNTHETIC["shift_plot"], caption="../report/synthetic_shift_plot.rst", category="Synthetic"),
         summary=SYNTHETIC["summary"],
     params:
         settings=settings("synthetic"),

@@ -39,8 +39,8 @@ def main():
     tables.write_csv(args.out_ledger, ledger)
     fig_eps = parse_epsilon(args.figure_epsilon)
     tables.write_csv(args.out_budget, tables.budget_table(ledger, fig_eps, priv["delta"]))
-    figures.plot_vs_epsilon(args.out_fid_plot, metrics, "fid")
-    figures.plot_vs_epsilon(args.out_kid_plot, metrics, "kid")
+    figures.plot_vs_epsilon(args.out_fid_plot, metrics, "fid", priv["adjacency"])
+    figures.plot_vs_epsilon(args.out_kid_plot, metrics, "kid", priv["adjacency"])
     figures.plot_specificity(args.out_specificity_plot, scores, fig_eps)
     with_margin = summary.dropna(subset=["fid_margin"]) if "fid_margin" in summary else summary
     log.info("summary (margin = method FID - DP-DeepSets FID, paired, 95%% bootstrap interval):\n%s",

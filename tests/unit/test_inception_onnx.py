@@ -1,6 +1,6 @@
 """Tests for the ONNX cache of dpdeepsets.inception_onnx, with a stand-in exporter.
 
-The real export (seconds) and ONNX Runtime's features are tested in tests/test_metrics.py;
+The real export (seconds) and ONNX Runtime's features are tested in tests/unit/test_metrics.py;
 here ``export_onnx`` writes a few known bytes, so the cache's rules are checked quickly:
 the name follows the source and the exporter, a good file is reused, a corrupted,
 truncated or unchecksummed one is re-exported, and a failed export leaves nothing behind.
