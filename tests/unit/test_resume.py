@@ -181,9 +181,18 @@ def hypernet_inputs(tmp_path_factory, tiny_unet):
     basis = lora.make_basis(targets, 2, 0)
     lora.save_lora_bank(d / "bank.safetensors", bank, basis, list(range(8)),
                         {"rank": 2, "alpha": 2})
+    from dpdeepsets.data import save_split
+
+    unet, scheduler = tiny_unet
+    diffusion.save_base(d / "base", unet, scheduler)
+    rng = np.random.default_rng(1)
+    save_split(str(d / "public.npz"), rng.integers(0, 256, (96, 16, 16, 1), dtype=np.uint8))
+    save_split(str(d / "validation.npz"), rng.integers(0, 256, (24, 16, 16, 1), dtype=np.uint8))
+    np.save(d / "validation_embeddings.npy", emb[:24])
+    np.savez(d / "proxies.npz", members=np.arange(24).reshape(2, 12))
     cfg = _write_config(d / "config.yaml", {
         "hypernet": {"d_model": 32, "layers": 1, "heads": 2, "steps": 400, "batch_size": 4,
-                     "checkpoint_every": 20},
+                     "checkpoint_every": 20, "validation_draws": 1},
         "subsets": {"set_size": 12}, "privacy": {"epsilons": [1.0, 16.0]}})
     return d, cfg
 
@@ -199,8 +208,12 @@ def _hypernet_cmd(inputs, out):
     d, cfg = inputs
     return [sys.executable, "workflow/scripts/train_hypernet.py", "--configfile", str(cfg),
             "--embeddings", str(d / "embeddings.npy"), "--subsets", str(d / "subsets.npz"),
-            "--bank", str(d / "bank.safetensors"), "--out", str(out),
-            "--out-summary", str(out.with_suffix(".json"))]
+            "--bank", str(d / "bank.safetensors"), "--base", str(d / "base"),
+            "--public", str(d / "public.npz"), "--validation", str(d / "validation.npz"),
+            "--validation-embeddings", str(d / "validation_embeddings.npy"),
+            "--proxies", str(d / "proxies.npz"), "--out", str(out),
+            "--out-summary", str(out.with_suffix(".json")),
+            "--out-validation", str(out.with_suffix(".csv"))]
 
 
 ENV = {**os.environ, "DPDEEPSETS_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
@@ -220,7 +233,7 @@ def _kill_once_checkpointed(cmd, ckpt: Path, sig, log_path):
     return rc
 
 
-STAGES = {"fit_lora": (_lora_cmd, "lora_inputs", "shard0.safetensors"),
+STAGES = {"fit_bank_shard": (_lora_cmd, "lora_inputs", "shard0.safetensors"),
           "train_hypernet": (_hypernet_cmd, "hypernet_inputs", "hypernet.pt")}
 
 

@@ -102,8 +102,7 @@ def expected_counts(cfg):
     counts = {
         "prepare_data": 1, "pretrain_base": 1, "fit_embedder": 1,
         "noise_key": 0 if cfg["privacy"].get("key_file") else 1,
-        # public and private pool (the validation pool's proxy sets serve tune_baselines only)
-        "embed": 2, "build_subsets": 2,
+        "embed": 3, "build_subsets": 3,  # public, validation (proxy sets) and private pool
         "fit_bank_shard": math.ceil(cfg["subsets"]["num_public"] / cfg["lora"]["shard_size"]),
         "gather_bank": 1, "train_hypernet": 1,
         "release_embedding": per_set if release else 0,

@@ -1,18 +1,24 @@
 rule train_hypernet:
-    """Public: noise-aware training of the DeepSets hypernetwork on the public LoRA bank."""
+    """Public: noise-aware training of the DeepSets hypernetwork (bank regression, then end to end), validated on public proxy sets."""
     input:
         embeddings=f"{R}/embeddings/public.npy",
         subsets=f"{R}/subsets/public.npz",
         bank=f"{R}/lora/public_loras.safetensors",
+        base=f"{R}/base",
+        public=f"{R}/data/public.npz",
+        validation=f"{R}/data/validation.npz",
+        validation_embeddings=f"{R}/embeddings/validation.npy",
+        proxies=f"{R}/subsets/validation.npz",
     output:
         model=f"{R}/hypernet/hypernet.pt",
         summary=f"{R}/hypernet/summary.json",
+        validation=f"{R}/hypernet/validation.csv",
     params:
         settings=settings("hypernet", "privacy", "subsets", "lora"),
     threads: THREADS_HEAVY
     priority: PRIORITY_CRITICAL
     resources:
-        **stage_resources("cpu_train"),
+        **stage_resources("gpu_train"),
     conda:
         ENV
     log:
@@ -22,4 +28,7 @@ rule train_hypernet:
     shell:
         f"python {SCRIPTS}/train_hypernet.py --settings {{params.settings}}"
         " --threads {threads} --embeddings {input.embeddings} --subsets {input.subsets}"
-        " --bank {input.bank} --out {output.model} --out-summary {output.summary} > {log} 2>&1"
+        " --bank {input.bank} --base {input.base} --public {input.public}"
+        " --validation {input.validation} --validation-embeddings {input.validation_embeddings}"
+        " --proxies {input.proxies} --out {output.model} --out-summary {output.summary}"
+        " --out-validation {output.validation} > {log} 2>&1"

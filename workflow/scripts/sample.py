@@ -35,8 +35,6 @@ def main():
     s, ev = cfg["sampling"], cfg["evaluation"]
     log = setup_logging("sample")
     set_threads(args.threads)
-    import numpy as np
-
     from dpdeepsets import classifier, diffusion, sampling
     from dpdeepsets.data import atomic_savez, save_split
     from dpdeepsets.metrics import InceptionFeatures
