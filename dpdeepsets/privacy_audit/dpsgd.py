@@ -26,16 +26,20 @@ The bound.  :func:`~dpdeepsets.privacy_audit.stats.one_run_audit`: guess "in" fo
 and "out" for the bottom scores, count the correct guesses, Steinke et al.'s Thm. 3.1; the
 guessed fraction is chosen on half of the canaries and evaluated on the other half.
 
-Honest limits (delta = 1e-5, alpha = 0.05, measured on the ideal mechanism with
-:func:`ideal_scores`): a one-run audit is loose even with 1e5 canaries.  Full batch, claimed
-eps 1 / 2 / 4 / 8: the correct mechanism audits to about 0.5 / 1.2 / 2.4 / 3.5, halved z
-(true eps 2.2 / 4.4 / 9.1 / 19) to about 1.45 / 2.65 / 4.6 / 5.5; so the halved noise
-multiplier is caught at claims 1, 2 and 4 (margin 0.5-0.7 with 1e5 canaries, ~0.3 at eps 4
-with 1e4) and not at 8.  Poisson sampling (q = 0.25, 20 steps, PRV) hides it at every
-claim: halved z (true eps 2.6 / 6.0 / 14 / 32) audits to 0.8 / 1.5 / 2.7 / 3.7, below the
-claims 1 / 2 / 4 / 8, because the one-run bound only sees the few large privacy losses of
-steps in which a canary was sampled.  No setting certifies more than ``epsilon_ceiling``
-(about 6-8 for 1e4-1e5 canaries).
+Honest limits (delta = 1e-5, alpha = 0.05; ``benchmarks/results/privacy_audit.log`` and
+:func:`ideal_scores`, the exactly accounted mechanism under the same audit).  The one-run
+bound is loose and noisy even with 1e5 canaries.  Full batch, T = 20, claimed eps
+0.25 / 1 / 4: the correct step audits to 0.04 / 0.61 / 2.47 (ideal 0.04 / 0.64 / 2.36), the
+halved noise multiplier (true eps 0.6 / 2.2 / 9.1) to 0.31 / 0.75 / 4.81 (ideal 0.35 / 1.37 /
+4.73): caught at 0.25 and 4, at 1 only in some draws (1.26 with another draw, 0.75 here:
+the guessed fraction is chosen on 5e4 canaries and that choice is noisy).  At claimed
+eps 8 the halved multiplier (true eps 19) audits to ~7.2 with 1e5 canaries, under the
+claim and near the ceiling (8.2).  Poisson sampling (q = 0.25, T = 20, PRV, 5e4 canaries):
+halved z (true eps 2.6 / 14 at claims 1 / 4) audits to 1.25 / 3.38 (ideal 0.89 / 3.06):
+caught at 1 (barely, in this draw), not at 4, because a canary enters only ~5 of the 20
+steps and the one-run bound sees little of the privacy loss.  Tiny LoRA-UNet (full batch,
+T = 1, 2e4 canaries, eps 4): correct 1.91, halved 4.26: caught.  No setting certifies more
+than ``epsilon_ceiling`` (7-8 for 1e4-1e5 canaries).
 """
 
 from __future__ import annotations
