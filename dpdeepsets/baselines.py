@@ -21,7 +21,10 @@ for any memory layout), clips each to ``max_grad_norm`` and adds Gaussian noise 
 multiplier and the final epsilon come from :mod:`dpdeepsets.privacy` (exact GDP for
 full-batch training, opacus' PRV or RDP accountant otherwise); this module calibrates
 nothing itself. Both generators come from the secret key (or OS entropy): no public value
-determines the noise or the batches, and no seed is logged. Per-step losses of a DP fit
+determines the noise or the batches, and no seed is logged. The sampler
+(:func:`poisson_sample`), the DP optimizer (:func:`make_private`) and one DP update
+(:func:`private_step`) are functions of their own, so that the DP-SGD audit
+(:mod:`dpdeepsets.privacy_audit.dpsgd`) runs the very code of this loop. Per-step losses of a DP fit
 are private and are never logged or stored.
 
 Optimizer. SGD with momentum by default: the update is linear in the noisy gradient, so a
@@ -248,8 +251,20 @@ def _optimizer(params, hyper: Hyper):
     raise ValueError(f"baselines.optimizer must be one of {OPTIMIZERS}, got {hyper.optimizer!r}")
 
 
-def _make_private(model, opt, plan: DPPlan, noise, grad_sample_mode: str, device):
-    """opacus' per-sample-gradient wrapper and DP optimizer, with the source's generators."""
+def poisson_sample(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Poisson sampling: a boolean mask over ``n`` rows, each in the batch independently with
+    probability ``sample_rate``, drawn from ``generator`` (the noise source's secret ``poisson``
+    stream). Shared by :func:`fit_lora` and the DP-SGD audit (:mod:`dpdeepsets.privacy_audit`)."""
+    return torch.rand(n, generator=generator) < sample_rate
+
+
+def make_private(model, opt, plan: DPPlan, noise, grad_sample_mode: str, device):
+    """opacus' per-sample-gradient wrapper and DP optimizer, with the source's generators.
+
+    The DP optimizer clips every per-example gradient in ``p.grad_sample`` of every parameter
+    of ``opt`` to ``plan.max_grad_norm`` (jointly) and adds N(0, (z C)^2) noise to the sum,
+    z = ``plan.noise_multiplier``, from ``noise``'s ``gaussian`` generator; see
+    :func:`private_step`."""
     from opacus.grad_sample.utils import wrap_model
     from opacus.optimizers import DPOptimizer
 
@@ -305,7 +320,7 @@ def fit_lora(unet, scheduler, targets: list[L.Target], images: torch.Tensor, *,
     if dp is not None:
         if dp.steps != hyper.steps:
             raise ValueError(f"the plan has {dp.steps} steps, the fit {hyper.steps}")
-        net, opt = _make_private(model, opt, dp, noise, grad_sample_mode, device)
+        net, opt = make_private(model, opt, dp, noise, grad_sample_mode, device)
         poisson = noise.torch_generator("poisson")
     images_cpu = images.cpu()
     order, pos = torch.empty(0, dtype=torch.long), 0
@@ -313,7 +328,7 @@ def fit_lora(unet, scheduler, targets: list[L.Target], images: torch.Tensor, *,
     bar = tqdm(total=hyper.steps, desc=desc or method.name, mininterval=5)
     for step in range(hyper.steps):
         if dp is not None:  # Poisson sampling at rate q from the secret generator
-            x0 = images_cpu[torch.rand(n, generator=poisson) < dp.sample_rate]
+            x0 = images_cpu[poisson_sample(n, dp.sample_rate, poisson)]
         elif hyper.batch_size >= n:  # full batch, as DP-SGD at sample rate 1 sees it
             x0 = images_cpu
         else:  # epochs of shuffled minibatches
@@ -337,13 +352,8 @@ def fit_lora(unet, scheduler, targets: list[L.Target], images: torch.Tensor, *,
         loss.backward()
         if dp is not None:
             fold_multiplicity(params, b, k)
-            if not opt.pre_step():  # clip, noise, scale (one step)
-                raise RuntimeError("opacus skipped a step (virtual steps are not used here)")
-            if g_pub is not None:
-                a_t = float(alpha_fn(step, hyper.steps))
-                for p, gp in zip(params, g_pub):
-                    p.grad.mul_(a_t).add_(gp, alpha=1.0 - a_t)
-            opt.original_optimizer.step()
+            private_step(opt, params, g_pub,
+                         None if g_pub is None else float(alpha_fn(step, hyper.steps)))
         else:
             opt.step()
             losses.append(float(loss.detach()))
@@ -360,6 +370,23 @@ def fit_lora(unet, scheduler, targets: list[L.Target], images: torch.Tensor, *,
             net._close()
     a, b = export_factors(model)
     return FitResult(a=a, b=b, losses=losses, privacy=info)
+
+
+def private_step(opt, params, g_pub=None, a_t: float | None = None) -> None:
+    """One DP-SGD update from the per-example gradients in ``p.grad_sample``.
+
+    opacus' ``pre_step`` clips each example's gradient (over all of ``opt``'s parameters),
+    adds the Gaussian noise and divides by the expected batch, leaving the privatised
+    gradient in ``p.grad``; PDA-DPMD then mixes in the public gradient ``g_pub`` (weight
+    ``1 - a_t``); the wrapped optimizer steps. Factored out of :func:`fit_lora` so that the
+    DP-SGD audit (:mod:`dpdeepsets.privacy_audit.dpsgd`) runs this very code.
+    """
+    if not opt.pre_step():  # clip, noise, scale (one step)
+        raise RuntimeError("opacus skipped a step (virtual steps are not used here)")
+    if g_pub is not None:
+        for p, gp in zip(params, g_pub):
+            p.grad.mul_(a_t).add_(gp, alpha=1.0 - a_t)
+    opt.original_optimizer.step()
 
 
 def _accounted(dp: DPPlan, grad_sample_mode: str) -> dict:
