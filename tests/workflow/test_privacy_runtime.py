@@ -21,7 +21,7 @@ import pytest
 from dpdeepsets.access import undeclared_reads
 from dpdeepsets.dag import parse_dryrun_jobs
 
-from .test_privacy_dag import DP_RULES, EVALUATION_RULES, NONPRIVATE_REFERENCE_RULES, RELEASED_RULES
+from tests.workflow.test_privacy_dag import DP_RULES, EVALUATION_RULES, NONPRIVATE_REFERENCE_RULES, RELEASED_RULES
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
