@@ -5,7 +5,7 @@ Same LoRA-UNet (base.* and lora.* of the config, randomly initialised base weigh
 cost does not depend on them), same batch of ``baselines.batch_size`` examples with
 ``baselines.noise_multiplicity`` draws each. Modes: the exact ``functorch`` (what the
 pipeline uses) and opacus' default ``hooks`` (for reference only: its conv per-sample
-gradients are wrong after attention blocks, see tests/test_dpsgd.py).
+gradients are wrong after attention blocks, see tests/unit/test_baselines.py).
 
     python benchmarks/dpsgd_step.py [--configfile config/config.yaml] [--steps 5] [--threads 1]
 """
@@ -28,7 +28,7 @@ def main():
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-    from dpdeepsets import dpsgd as D
+    from dpdeepsets import baselines as D
     from dpdeepsets import lora as L
     from dpdeepsets.config import load_config
     from dpdeepsets.diffusion import build_scheduler, build_unet

@@ -1,75 +1,59 @@
 #!/usr/bin/env python
-"""What every Snakemake job pays before it computes: interpreter start + the stage's imports.
+"""What the jobs of a run paid before they computed: the start-up share of all job-seconds.
 
-    python benchmarks/job_overhead.py [--repeats 3] [results_dir]
+    python benchmarks/job_overhead.py [results_dir]
 
-For each stage script, a fresh interpreter imports exactly what the script imports before
-its work starts (torch, diffusers, peft, opacus, clean-fid ...); the median wall time of
-``--repeats`` runs is printed next to a bare ``python -c pass``.  When the run's benchmark
-files exist (``results/benchmarks``), it also prints each stage's mean job time and the share
-of it that is start-up: the reason a DP method's epsilon grid runs as one job (README,
-"Configuration").  Run it on an idle machine; start-up times drift with load.
+Every stage script records, beside its log, the seconds from its process's start to the
+first data file it opened (``startup_s`` in ``<log>.access.json``, dpdeepsets.access):
+interpreter start, the stage's imports (torch, diffusers, opacus, onnxruntime ...) and
+argument parsing, measured in the run itself. This prints, per rule, the jobs, their summed
+job-seconds (Snakemake's benchmark files), their summed start-up and its share, and the
+run's total: the number the speed target is about (start-up share of all job-seconds).
+Jobs that are not stage scripts (``python -m`` tools: noise_key, inception_onnx) have no
+record and are counted as start-up entirely (an upper bound).
 """
 
-import argparse
-import statistics
-import subprocess
+import json
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 
-# The imports each stage script makes before computing (see workflow/scripts/*.py).
-STAGES = {
-    "sample": "from dpdeepsets import diffusion, lora; import peft; "
-              "from dpdeepsets.data import save_split; from dpdeepsets.report import save_image_grid",
-    "evaluate": "import numpy; from dpdeepsets.data import load_split; "
-                "from dpdeepsets.metrics import InceptionFeatures, fid_from_features",
-    "fit_baseline": "import numpy; from dpdeepsets import data, diffusion, dpsgd, lora; import opacus",
-    "generate_lora": "import torch; from dpdeepsets import hypernet, lora; import peft",
-    "release_embedding": "import numpy; from dpdeepsets import privacy",
-}
+
+def job_table(results: Path) -> pd.DataFrame:
+    """One row per job: rule, job seconds (benchmark), start-up seconds (access record)."""
+    rows = []
+    bench = results / "benchmarks"
+    for f in sorted(bench.rglob("*.tsv")):
+        rel = f.relative_to(bench)
+        log = results / "logs" / rel.with_suffix(".log")
+        record = log.with_name(log.name + ".access.json")
+        s = float(pd.read_csv(f, sep="\t").iloc[-1]["s"])
+        startup = None
+        if record.exists():
+            startup = json.loads(record.read_text()).get("startup_s")
+        rule = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        rows.append({"job": str(rel.with_suffix("")), "rule": rule, "s": s,
+                     "startup_s": s if startup is None else min(float(startup), s),
+                     "recorded": startup is not None})
+    return pd.DataFrame(rows)
 
 
-def wall(code: str, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def mean_job_seconds(results: Path) -> dict:
-    root = results / "benchmarks"
-    out = {}
-    for stage in STAGES:
-        files = sorted((root / stage).glob("*.tsv"))
-        if files:
-            out[stage] = statistics.mean(float(pd.read_csv(f, sep="\t").iloc[-1]["s"]) for f in files)
-    return out
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="?", default="results")
-    p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args()
-    bare = wall("pass", args.repeats)
-    jobs = mean_job_seconds(Path(args.results))
-    print(f"{'stage':18s} {'start-up s':>10s} {'x bare python':>13s} {'mean job s':>10s} {'start-up share':>14s}")
-    print(f"{'(python -c pass)':18s} {bare:10.2f} {1.0:13.1f}")
-    for stage, code in STAGES.items():
-        t = wall(code, args.repeats)
-        job = jobs.get(stage)
-        share = f"{t / job:14.0%}" if job else f"{'-':>14s}"
-        job_s = f"{job:10.1f}" if job else f"{'-':>10s}"
-        print(f"{stage:18s} {t:10.2f} {t / bare:13.1f} {job_s} {share}")
-    if jobs:
-        print(f"\nmean job times from {args.results}/benchmarks (a stage's directory also holds its "
-              "reference rule's jobs: sample_reference, evaluate_reference, fit_nonprivate)")
+def main(results: str = "results") -> None:
+    df = job_table(Path(results))
+    if df.empty:
+        sys.exit(f"no benchmark files under {results}/benchmarks: run the pipeline first")
+    # a rule's benchmark files are named after the rule, or sit in a directory of its name
+    df["rule"] = df["rule"].str.replace(r"_(public|private|validation|\d+)$", "", regex=True)
+    table = df.groupby("rule").agg(jobs=("s", "size"), job_s=("s", "sum"),
+                                   startup_s=("startup_s", "sum"), recorded=("recorded", "all"))
+    table["startup_share"] = (table.startup_s / table.job_s).map("{:.0%}".format)
+    pd.set_option("display.width", 120)
+    print(table.sort_values("job_s", ascending=False).round(1).to_string())
+    total, startup = df.s.sum(), df.startup_s.sum()
+    print(f"\n{len(df)} jobs, {total:.0f} job-seconds, of which start-up {startup:.0f} s: "
+          f"start-up share {startup / total:.1%} (mean {df.startup_s.mean():.1f} s per job)")
 
 
 if __name__ == "__main__":
-    main()
+    main(*sys.argv[1:])

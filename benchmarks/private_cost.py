@@ -8,7 +8,7 @@ Both are measured in this one process, on the same thread count, on a private se
   section), the DP release (clip, mean, analytic-Gaussian noise), and one hypernetwork
   forward pass that emits the LoRA (``hypernet`` / ``lora`` sections) plus writing it as a
   PEFT adapter;
-* DP-SGD: ``dpdeepsets.dpsgd.train_lora(method="dpsgd")`` with the ``baselines`` section
+* DP-SGD: ``dpdeepsets.baselines.fit_lora`` (method dpsgd) with the ``baselines`` section
   (opacus, exact functorch per-sample gradients, accountant calibration included).
 
 Weights are random where they would come from earlier stages (the cost does not depend on
@@ -42,7 +42,9 @@ def main():
     p.add_argument("--reps", type=int, default=3, help="DP-DeepSets repetitions (the fastest is kept)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from dpdeepsets import dpsgd as D
+    from dpdeepsets import baselines as D
+    from dpdeepsets import methods as M
+    from dpdeepsets import noise as N
     from dpdeepsets import hypernet as H
     from dpdeepsets import lora as L
     from dpdeepsets import privacy
@@ -77,7 +79,7 @@ def main():
         z, times["embed"] = _timed(lambda: proj.transform(features_from_config(images, emb_cfg)))
         (noisy, ledger), times["release"] = _timed(lambda: privacy.release_clipped_mean(
             z, epsilon=args.epsilon, delta=priv["delta"], clip_norm=priv["clip_norm"],
-            adjacency=priv["adjacency"], noise="seeded", seed=0))
+            adjacency=priv["adjacency"], n=n, noise=N.SecureNoise()))
 
         def generate():
             with torch.no_grad():
@@ -97,9 +99,13 @@ def main():
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res, t_dpsgd = _timed(lambda: D.train_lora(
-            copy.deepcopy(unet), sched, targets, x, method="dpsgd", cfg=bl, rank=lc["rank"],
-            alpha=lc["alpha"], basis=basis, epsilon=args.epsilon, delta=priv["delta"], seed=0))
+        hyper = D.hyperparameters(bl, "dpsgd", args.epsilon)
+        plan = D.plan_dp(hyper, n=n, epsilon=args.epsilon, delta=priv["delta"],
+                         accountant=bl["accountant"], prv_max_epsilon=bl["prv_max_epsilon"])
+        res, t_dpsgd = _timed(lambda: D.fit_lora(
+            copy.deepcopy(unet), sched, targets, x, method=M.get("dpsgd"), hyper=hyper,
+            rank=lc["rank"], alpha=lc["alpha"], parametrisation=bl["parametrisation"],
+            basis=basis, dp=plan, noise=N.SecureNoise()))
     info = res.privacy
 
     print(f"private set: n = {n} images of {size}x{size}, epsilon = {args.epsilon:g}, "
@@ -107,8 +113,8 @@ def main():
     print(f"(one-time model construction: UNet {t_build:.2f} s, encoder load + warm-up {t_warm:.2f} s; not counted)")
     print(f"DP-DeepSets  embed {best['embed']:.3f} s + release {best['release']:.4f} s + "
           f"generate {best['generate']:.3f} s = {t_ours:.3f} s  (fastest of {args.reps})")
-    print(f"DP-SGD       {info['steps']} steps of expected batch {bl['batch_size']} x "
-          f"{bl['noise_multiplicity']} draws ({bl['grad_sample_mode']} per-sample gradients, "
+    print(f"DP-SGD       {info['steps']} steps of expected batch {hyper.batch_size} x "
+          f"{hyper.noise_multiplicity} draws ({bl['grad_sample_mode']} per-sample gradients, "
           f"noise multiplier {info['noise_multiplier']:.3f}, accounted eps {info['accounted_epsilon']:.3f})"
           f" = {t_dpsgd:.3f} s")
     print(f"ratio DP-SGD / DP-DeepSets compute on the private set: {t_dpsgd / t_ours:.1f}x")

@@ -8,6 +8,7 @@ cells) are summed. ``total job seconds`` is the sum over jobs; the wall-clock sp
 printed separately (jobs overlap with --cores > 1).
 """
 
+import re
 import sys
 from pathlib import Path
 
@@ -23,9 +24,7 @@ def main(results: str = "results") -> None:
     for f in files:
         rel = f.relative_to(root)
         rule = rel.parts[0] if len(rel.parts) > 1 else rel.stem
-        for prefix in ("fit_lora_", "embed_", "build_subsets_", "reference_features_"):
-            if rule.startswith(prefix):
-                rule = prefix[:-1]
+        rule = re.sub(r"_(public|private|validation|\d+)$", "", rule)  # embed_private, shard 3
         b = pd.read_csv(f, sep="\t").iloc[-1]
         rows.append({"rule": rule, "s": float(b["s"]), "max_rss_mb": float(b["max_rss"]),
                      "mtime": f.stat().st_mtime})

@@ -6,7 +6,9 @@ an undeclared private file would pass it. :func:`record` (installed by
 (:pep:`578`) that notes every file the process opens (``open`` events: ``open()``,
 ``os.open``, numpy, torch, PIL, zipfile) and every rename, and at exit writes them to
 ``<log>.access.json`` beside the job's log (the file its stderr goes to; or the path in
-``DPDEEPSETS_ACCESS_LOG``). ``tests/workflow/test_privacy_runtime.py`` reads these records of a whole
+``DPDEEPSETS_ACCESS_LOG``), with ``startup_s``: the seconds from the process's start to the
+first data file it opened (interpreter start and imports; ``benchmarks/job_overhead.py`` sums
+it over a run). ``tests/workflow/test_privacy_runtime.py`` reads these records of a whole
 run and fails when a job that writes a released artifact read a private file without being
 a DP rule.
 
@@ -26,6 +28,7 @@ import sys
 _opened: dict[str, str] = {}
 _renamed: list[list[str]] = []
 _installed = False
+_startup_s: float | None = None  # process start -> first data file opened
 _SKIP = tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
 _SYSTEM = ("/proc/", "/sys/", "/dev/", "/etc/", "/usr/", "/lib", "/opt/")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
@@ -46,6 +49,9 @@ def _hook(event: str, args) -> None:
         path = _path(args[0])
         if path is None:
             return
+        global _startup_s
+        if _startup_s is None and _keep(path):
+            _startup_s = _since_process_start()
         mode, flags = args[1], args[2]
         writes = (any(c in mode for c in "wax+") if isinstance(mode, str)
                   else bool(isinstance(flags, int) and flags & _WRITE_FLAGS))
@@ -55,6 +61,17 @@ def _hook(event: str, args) -> None:
         src, dst = _path(args[0]), _path(args[1])
         if src and dst:
             _renamed.append([src, dst])
+
+
+def _since_process_start() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/stat", "rb") as fh:  # field 22: start time in clock ticks after boot
+            start = int(fh.read().rsplit(b")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime", "rb") as fh:
+            return float(fh.read().split()[0]) - start
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def destination() -> str | None:
@@ -80,7 +97,8 @@ def snapshot() -> dict:
     reads = sorted(p for p, m in _opened.items() if m == "r" and _keep(p))
     writes = sorted({p for p, m in _opened.items() if m == "w" and _keep(p)}
                     | {dst for _, dst in _renamed if _keep(dst)})
-    return {"argv": list(sys.argv), "cwd": os.getcwd(), "read": reads, "written": writes}
+    return {"argv": list(sys.argv), "cwd": os.getcwd(), "read": reads, "written": writes,
+            "startup_s": _startup_s}
 
 
 def _write() -> None:
