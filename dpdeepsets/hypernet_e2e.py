@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from . import lora as L
 from .diffusion import denoising_loss, draw_noise
+from .seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def validate(net, unet, scheduler, layers: dict, bank: dict, bank_means: np.ndar
     mean_b = {k: v.mean(0) for k, v in bank.items()}
     zero_b = {k: torch.zeros_like(v) for k, v in mean_b.items()}
     for q, (x, zq) in enumerate(zip(sets, set_means)):
-        gen = torch.Generator().manual_seed(seed * 7919 + q)
+        gen = torch.Generator().manual_seed(derive_seed(seed, "proxy", q))
         x0 = x.repeat(draws, 1, 1, 1)
         t, noise = draw_noise(x0, t_max, gen)
         cands = []

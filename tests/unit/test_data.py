@@ -335,7 +335,7 @@ def test_atomic_save_failure_keeps_previous(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["keep.npz"]
 
     # a failure at the rename step also cleans up
-    monkeypatch.setattr(D.os, "replace", boom)
+    monkeypatch.setattr(D.store.os, "replace", boom)
     with pytest.raises(RuntimeError):
         D.save_split(str(p), np.zeros((3, 4, 4, 1), np.uint8), None)
     monkeypatch.undo()

@@ -33,13 +33,14 @@ def main():
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(max(1, args.threads))
-    from dpdeepsets import report, synthetic
+    from dpdeepsets import synthetic
+    from dpdeepsets.tables import write_csv
 
     with Stopwatch(log, "synthetic experiment"):
         res = synthetic.run_experiment(cfg, key_file=args.key)
-    report.write_csv(args.out_csv, res.excess)
-    report.write_csv(args.out_shift_csv, res.shift)
-    report.write_csv(args.out_tuning_csv, res.tuning)
+    write_csv(args.out_csv, res.excess)
+    write_csv(args.out_shift_csv, res.shift)
+    write_csv(args.out_tuning_csv, res.tuning)
     synthetic.plot_excess_risk(args.out_plot, res.excess)
     synthetic.plot_shift(args.out_shift_plot, res.shift)
     text = synthetic.format_tables(res.excess, res.shift, res.public, res.noise)
