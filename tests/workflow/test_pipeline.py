@@ -54,8 +54,15 @@ def test_summary_margins_are_paired_differences_with_intervals(tiny_run):
         rows = summary[summary.method == method].dropna(subset=["fid_margin"])
         assert sorted(rows.compared_at_epsilon) == [1.0, 16.0], method
     spec = pd.read_csv(tiny_run / "specificity.csv")
-    # every cell scored against every private set
-    assert len(spec) == 2 * len(df)
+    # every sample set scored against every private set: one per cell, and one per public
+    # method (pset "all": the same samples serve every set)
+    against = spec.groupby(["method", "epsilon", "pset", "seed"]).scored_against.apply(frozenset)
+    assert set(against) == {frozenset({"p0", "p1"})}
+    per_set = {k for k in against.index if k[2] != "all"}
+    public = set(spec[spec.pset == "all"].method)
+    assert public == {"mean_public_lora", "base"}
+    assert per_set == {(r.method, r.epsilon, r.pset, r.seed) for r in df.itertuples()
+                       if r.method not in public}
     assert {"own_closest_fid", "own_closest_class", "cells"} <= set(summary.columns)
 
 
@@ -146,7 +153,7 @@ def _close_ledgers(a: dict, b: dict):
 
 
 @pytest.mark.slow
-def test_grid_jobs_equal_one_process_per_epsilon(tiny_run, tmp_path):
+def test_grid_jobs_equal_one_process_per_epsilon(tiny_run, tiny_key, tmp_path):
     """A DP method's epsilon grid runs in one job (fit_baseline, sample); each cell must equal
     what a process of its own makes. Rerun the last epsilon alone, by hand."""
     import torch
@@ -159,7 +166,7 @@ def test_grid_jobs_equal_one_process_per_epsilon(tiny_run, tmp_path):
     subprocess.run([sys.executable, str(SCRIPTS / "fit_baseline.py"), *cfg, "--method",
                     "public_ft_dpsgd", "--base", f"{tiny_run}/base", "--seed", "0",
                     "--private", f"{tiny_run}/data/private.npz", "--sets", f"{tiny_run}/subsets/private.npz",
-                    "--pset", "p1", "--n", "24", "--key", f"{tiny_run}/.secret/noise.key",
+                    "--pset", "p1", "--n", "24", "--key", str(tiny_key),
                     "--public-lora", f"{tiny_run}/adapters/public_pool_lora",
                     "--epsilon", "16", "--out", str(adapter), "--out-ledger", str(tmp_path / "ledger.json")],
                    cwd=ROOT, check=True, capture_output=True)
@@ -187,10 +194,10 @@ def test_grid_jobs_equal_one_process_per_epsilon(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_sampling_change_reruns_only_downstream(tiny_run, tmp_path):
+def test_sampling_change_reruns_only_downstream(tiny_run, tiny_key, tmp_path):
     """Changing only the sampling settings reruns sampling, scoring and the report."""
-    override = tmp_path / "override.yaml"
-    override.write_text("sampling:\n  ddim_steps: 5\n")
+    override = tmp_path / "override.yaml"  # the run's own key, as the tiny run was given it
+    override.write_text(f"sampling:\n  ddim_steps: 5\nprivacy:\n  key_file: {tiny_key}\n")
     proc = subprocess.run([*SNAKEMAKE, "-n", "--configfile", "config/test.yaml", str(override),
                            "--config", f"results_dir={tiny_run}"],
                           cwd=ROOT, capture_output=True, text=True)
