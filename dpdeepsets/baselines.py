@@ -93,18 +93,18 @@ def hyperparameters(cfg: dict, method: str, epsilon: float) -> Hyper:
     method and epsilon if there is one (written by ``snakemake tune_baselines``, chosen on
     public proxy sets: no private data).
     """
-    values = {k: cfg[k] for k in HYPER_KEYS}
+    values = {k: cfg[k] for k in (*HYPER_KEYS, "optimizer")}
     source = "baselines defaults"
     for entry in cfg.get("tuned") or []:
         if entry["method"] == method and float(entry["epsilon"]) == float(epsilon):
-            values.update({k: entry[k] for k in HYPER_KEYS if k in entry})
+            values.update({k: entry[k] for k in (*HYPER_KEYS, "optimizer") if k in entry})
             source = f"baselines.tuned ({entry.get('provenance', 'tune_baselines')})"
             break
     return Hyper(steps=int(values["steps"]), batch_size=int(values["batch_size"]),
                  lr=float(values["lr"]), momentum=float(values["momentum"]),
                  max_grad_norm=float(values["max_grad_norm"]),
                  noise_multiplicity=int(values["noise_multiplicity"]),
-                 optimizer=cfg["optimizer"], source=source)
+                 optimizer=str(values["optimizer"]), source=source)
 
 
 @dataclass(frozen=True)

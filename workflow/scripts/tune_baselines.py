@@ -25,9 +25,14 @@ def _candidates(cfg: dict, method) -> list[dict]:
     import itertools
 
     t = cfg["tuning"]
-    if method.privacy == "nonprivate":
+    if method.privacy == "nonprivate":  # SGD on the lr grid, and Adam on its own lr grid
         keys = {"lr": t["lr"], "steps": t["nonprivate_steps"], "batch_size": t["batch_size"],
                 "noise_multiplicity": t["noise_multiplicity"]}
+        names = list(keys)
+        sgd = [dict(zip(names, v), optimizer="sgd") for v in itertools.product(*keys.values())]
+        adam = [dict(zip(names, v), optimizer="adam")
+                for v in itertools.product(*{**keys, "lr": t.get("nonprivate_adam_lr", [])}.values())]
+        return sgd + adam
     else:
         keys = {k: t[k] for k in ("lr", "steps", "max_grad_norm", "batch_size", "noise_multiplicity")}
     names = list(keys)
@@ -115,8 +120,9 @@ def choose(args, log):
     from dpdeepsets.tables import write_csv
 
     df = pd.concat([pd.read_csv(f) for f in args.choose], ignore_index=True)
-    params = [c for c in ("lr", "steps", "max_grad_norm", "batch_size", "noise_multiplicity") if c in df]
-    df[params] = df[params].fillna(-1)
+    params = [c for c in ("lr", "steps", "max_grad_norm", "batch_size", "noise_multiplicity", "optimizer")
+              if c in df]
+    df[params] = df[params].astype(object).fillna(-1)  # -1: not a key of this method
     table = (df.groupby(["method", "epsilon", *params]).agg(proxy_fid=("fid", "mean"),
                                                             proxy_kid=("kid", "mean"),
                                                             proxies=("proxy", "nunique"))
@@ -131,8 +137,8 @@ def choose(args, log):
     for (method, eps), g in table.groupby(["method", "epsilon"], sort=False):
         best = g.loc[g["proxy_fid"].idxmin()]
         entry = {"method": method, "epsilon": "inf" if math.isinf(eps) else float(eps)}
-        entry.update({k: (int(best[k]) if k != "lr" and k != "max_grad_norm" else float(best[k]))
-                      for k in params if best[k] != -1})
+        convert = {"lr": float, "max_grad_norm": float, "optimizer": str}
+        entry.update({k: convert.get(k, int)(best[k]) for k in params if best[k] != -1})
         entry.update({"proxy_fid": round(float(best["proxy_fid"]), 2), "provenance": provenance})
         entries.append(entry)
         table.loc[g.index, "chosen"] = g.index == g["proxy_fid"].idxmin()
