@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 PARAMETRISATIONS = ("gauge_fixed", "full")
 OPTIMIZERS = ("sgd", "adam")
 EXACT_GRAD_SAMPLE_MODES = ("functorch",)
-HYPER_KEYS = ("steps", "batch_size", "lr", "momentum", "max_grad_norm", "noise_multiplicity")
+HYPER_KEYS = ("steps", "batch_size", "lr", "momentum", "max_grad_norm", "noise_multiplicity", "optimizer")
 
 
 # ---------------------------------------------------------------- hyperparameters
@@ -93,11 +93,11 @@ def hyperparameters(cfg: dict, method: str, epsilon: float) -> Hyper:
     method and epsilon if there is one (written by ``snakemake tune_baselines``, chosen on
     public proxy sets: no private data).
     """
-    values = {k: cfg[k] for k in (*HYPER_KEYS, "optimizer")}
+    values = {k: cfg[k] for k in HYPER_KEYS}
     source = "baselines defaults"
     for entry in cfg.get("tuned") or []:
         if entry["method"] == method and float(entry["epsilon"]) == float(epsilon):
-            values.update({k: entry[k] for k in (*HYPER_KEYS, "optimizer") if k in entry})
+            values.update({k: entry[k] for k in HYPER_KEYS if k in entry})
             source = f"baselines.tuned ({entry.get('provenance', 'tune_baselines')})"
             break
     return Hyper(steps=int(values["steps"]), batch_size=int(values["batch_size"]),

@@ -120,8 +120,9 @@ def choose(args, log):
     from dpdeepsets.tables import write_csv
 
     df = pd.concat([pd.read_csv(f) for f in args.choose], ignore_index=True)
-    params = [c for c in ("lr", "steps", "max_grad_norm", "batch_size", "noise_multiplicity", "optimizer")
-              if c in df]
+    from dpdeepsets.baselines import HYPER_KEYS
+
+    params = [c for c in HYPER_KEYS if c in df]  # the keys a baselines.tuned entry may set
     df[params] = df[params].astype(object).fillna(-1)  # -1: not a key of this method
     table = (df.groupby(["method", "epsilon", *params]).agg(proxy_fid=("fid", "mean"),
                                                             proxy_kid=("kid", "mean"),
@@ -137,7 +138,7 @@ def choose(args, log):
     for (method, eps), g in table.groupby(["method", "epsilon"], sort=False):
         best = g.loc[g["proxy_fid"].idxmin()]
         entry = {"method": method, "epsilon": "inf" if math.isinf(eps) else float(eps)}
-        convert = {"lr": float, "max_grad_norm": float, "optimizer": str}
+        convert = {"lr": float, "momentum": float, "max_grad_norm": float, "optimizer": str}
         entry.update({k: convert.get(k, int)(best[k]) for k in params if best[k] != -1})
         entry.update({"proxy_fid": round(float(best["proxy_fid"]), 2), "provenance": provenance})
         entries.append(entry)
