@@ -22,8 +22,10 @@ def make_parser(description: str, sections: list[str]) -> argparse.ArgumentParse
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--settings", help=f"JSON object with the config sections {sections} "
                                       "(what Snakemake passes)")
-    p.add_argument("--configfile", help="YAML config to read those sections from instead "
-                                        "(missing keys take the schema defaults)")
+    p.add_argument("--configfile", nargs="+",
+                   help="YAML config files to read those sections from instead, merged in order "
+                        "as `snakemake --configfile` merges them (missing keys take the schema "
+                        "defaults; start with config/config.yaml to get what the workflow reads)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     return p
 
@@ -32,7 +34,7 @@ def read_settings(args: argparse.Namespace, sections: list[str]) -> dict:
     if args.settings:
         data = json.loads(args.settings)
     else:
-        data = load_config(args.configfile)
+        data = load_config(args.configfile)  # None, or a list of files
     missing = [s for s in sections if s not in data]
     if missing:
         raise ConfigError(f"--settings lacks config sections {missing}")

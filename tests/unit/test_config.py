@@ -24,8 +24,25 @@ def test_every_schema_key_has_description_and_default():
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "config").glob("*.yaml") if p.name != "paper.yaml"))
 def test_shipped_configs_validate(name):
-    cfg = load_config(ROOT / "config" / name)
+    """Each overlay as the workflow reads it: config/config.yaml first, the overlay over it."""
+    cfg = load_config([ROOT / "config/config.yaml", ROOT / "config" / name])
     assert cfg["privacy"]["delta"] < 1 and cfg["subsets"]["set_size"] >= 2
+
+
+def test_configfiles_merge_like_snakemake(tmp_path):
+    """Mappings merge key by key, lists and scalars are replaced, later files win."""
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("privacy: {epsilons: [1, 4], delta: 1.0e-6}\nsubsets: {set_size: 24}\nevaluation: {figure_epsilon: 4}\n")
+    b.write_text("privacy: {epsilons: [4]}\n")
+    cfg = load_config([a, b])
+    assert cfg["privacy"]["epsilons"] == [4] and cfg["privacy"]["delta"] == 1e-6
+    assert cfg["subsets"]["set_size"] == 24
+    assert load_config([b, a])["privacy"]["epsilons"] == [1, 4]
+    # a stage script takes the same list
+    from dpdeepsets import cli
+
+    args = cli.make_parser("x", ["privacy"]).parse_args(["--configfile", str(a), str(b)])
+    assert cli.read_settings(args, ["privacy"])["privacy"]["epsilons"] == [4]
 
 
 def test_defaults_filled():

@@ -1,6 +1,7 @@
 """Baseline hyperparameters: defaults, tuned overrides, and the tuning target's grid and choice."""
 
 import importlib.util
+import json
 import math
 import types
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from dpdeepsets import baselines, methods
-from dpdeepsets.config import load_config, validate_config
+from dpdeepsets.config import ConfigError, load_config, merge_configs, tuned_context, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,10 +70,13 @@ def test_choose_picks_the_lowest_mean_proxy_fid_and_writes_valid_tuned_entries(t
     files = [tmp_path / "dp.csv", tmp_path / "ref.csv"]
     dp.to_csv(files[0], index=False)
     ref.to_csv(files[1], index=False)
+    context = tuned_context(load_config(ROOT / "config/config.yaml"))
     args = types.SimpleNamespace(choose=[str(f) for f in files], out_chosen=str(tmp_path / "chosen.yaml"),
-                                 out_table=str(tmp_path / "table.csv"))
+                                 out_table=str(tmp_path / "table.csv"), tuned_for=json.dumps(context))
     tune.choose(args, log=types.SimpleNamespace(info=lambda *a, **k: None))
-    tuned = yaml.safe_load((tmp_path / "chosen.yaml").read_text())["baselines"]["tuned"]
+    chosen = yaml.safe_load((tmp_path / "chosen.yaml").read_text())["baselines"]
+    tuned = chosen["tuned"]
+    assert chosen["tuned_for"] == context  # the settings it was tuned at, for the guard below
     by = {e["method"]: e for e in tuned}
     assert by["dpsgd"]["lr"] == 0.1 and by["dpsgd"]["proxy_fid"] == 75.0  # mean over q0, q1: 75 < 75.5
     assert by["nonprivate"]["optimizer"] == "adam" and by["nonprivate"]["epsilon"] == "inf"
@@ -101,4 +105,35 @@ def test_tuned_entry_with_an_unknown_optimizer_is_refused(bad):
     cfg = load_config(ROOT / "config/config.yaml")
     cfg["baselines"]["tuned"] = [{"method": "nonprivate", "epsilon": "inf", **bad}]
     with pytest.raises(Exception, match="rmsprop"):
+        validate_config(cfg)
+
+
+def _raw(path):
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+@pytest.mark.parametrize("change,key", [({"subsets": {"set_size": 24}}, "subsets.set_size=128"),
+                                        ({"data": {"image_size": 28}}, "data.image_size=16"),
+                                        ({"lora": {"rank": 8}}, "lora.rank=4"),
+                                        ({"privacy": {"delta": 1.0e-6}}, "privacy.delta=1e-05")])
+def test_tuned_values_are_refused_at_another_scale(change, key):
+    """The default's tuned entries were chosen at its scale; a config that changes one of the
+    settings they depend on must not inherit them silently."""
+    cfg = merge_configs(_raw("config/config.yaml"), change)
+    with pytest.raises(ConfigError, match=rf"baselines.tuned was chosen at {key}.*tune_baselines"):
+        validate_config(cfg)
+    cfg = merge_configs(_raw("config/config.yaml"), change)
+    cfg["baselines"]["tuned"] = []  # the way out the message names
+    validate_config(cfg)
+
+
+def test_default_tuned_for_matches_the_default_config():
+    cfg = load_config(ROOT / "config/config.yaml")
+    assert cfg["baselines"]["tuned_for"] == tuned_context(cfg) and cfg["baselines"]["tuned"]
+
+
+def test_an_unknown_tuned_for_key_is_refused():
+    cfg = _raw("config/config.yaml")
+    cfg["baselines"]["tuned_for"]["base.seed"] = 0
+    with pytest.raises(ConfigError, match="tuned_for.base.seed is not a setting"):
         validate_config(cfg)

@@ -153,8 +153,6 @@ def _close_ledgers(a: dict, b: dict):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="OPEN DEFECT (2026-12-02): the public_ft_dpsgd adapter of a one-epsilon process "
-                   "differs from the grid job's cell; not yet diagnosed, see the closing note of issue 15", strict=False)
 def test_grid_jobs_equal_one_process_per_epsilon(tiny_run, tiny_key, tmp_path):
     """A DP method's epsilon grid runs in one job (fit_baseline, sample); each cell must equal
     what a process of its own makes. Rerun the last epsilon alone, by hand."""
@@ -163,7 +161,8 @@ def test_grid_jobs_equal_one_process_per_epsilon(tiny_run, tiny_key, tmp_path):
 
     from dpdeepsets.data import load_split
 
-    cfg = ["--configfile", "config/test.yaml", "--threads", "1"]
+    # what the workflow read: config/config.yaml, then the tiny config over it
+    cfg = ["--configfile", "config/config.yaml", "config/test.yaml", "--threads", "1"]
     adapter = tmp_path / "adapter"
     subprocess.run([sys.executable, str(SCRIPTS / "fit_baseline.py"), *cfg, "--method",
                     "public_ft_dpsgd", "--base", f"{tiny_run}/base", "--seed", "0",

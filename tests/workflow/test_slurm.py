@@ -304,7 +304,7 @@ def _equal(a, b):
 
 def _content(path: Path, results: Path):
     """What an artifact holds, without what legitimately differs between two runs: the
-    results directory's own path (ledger CSV), wall-clock seconds (JSON summaries), the
+    results directory's own path (ledger CSV), wall-clock seconds (JSON summaries: `seconds`, `*_seconds`), the
     order of peft's target_modules (a set), and the byte layout of torch/safetensors files."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
@@ -318,7 +318,8 @@ def _content(path: Path, results: Path):
     if path.suffix == ".json":
         data = json.loads(path.read_text())
         if isinstance(data, dict):
-            data.pop("seconds", None)
+            for key in [k for k in data if k == "seconds" or k.endswith("_seconds")]:
+                data.pop(key)  # wall-clock: differs between any two runs
             if isinstance(data.get("target_modules"), list):
                 data["target_modules"] = sorted(data["target_modules"])
         return data

@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from dpdeepsets import methods as M
-from dpdeepsets.config import ConfigError, check_consistency, check_paths, describe_validation_error
+from dpdeepsets.config import ConfigError, check_consistency, check_paths, describe_validation_error, tuned_context
 from dpdeepsets.io import format_epsilon
 
 min_version("9.0")

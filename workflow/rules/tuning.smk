@@ -47,6 +47,8 @@ rule tune_baselines:
     output:
         chosen=f"{R}/tuning/chosen.yaml",
         table=f"{R}/tuning/summary.csv",
+    params:
+        tuned_for=shlex.quote(json.dumps(tuned_context(config), sort_keys=True)),
     resources:
         **stage_resources("light"),
     conda:
@@ -55,4 +57,4 @@ rule tune_baselines:
         f"{R}/logs/tuning/choose.log",
     shell:
         f"python {SCRIPTS}/tune_baselines.py --choose {{input}} --out-chosen {{output.chosen}}"
-        " --out-table {output.table} > {log} 2>&1"
+        " --out-table {output.table} --tuned-for {params.tuned_for} > {log} 2>&1"

@@ -134,6 +134,9 @@ def choose(args, log):
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown commit"
     provenance = f"tune_baselines {datetime.date.today()} at {commit}, {int(table.proxies.max())} proxy sets"
+    import json
+
+    tuned_for = json.loads(args.tuned_for) if args.tuned_for else None  # the settings tuned at
     entries = []
     for (method, eps), g in table.groupby(["method", "epsilon"], sort=False):
         best = g.loc[g["proxy_fid"].idxmin()]
@@ -148,7 +151,8 @@ def choose(args, log):
 
     with atomic_path(args.out_chosen) as tmp:
         tmp.write_text("# baselines.tuned, chosen on public proxy sets (snakemake tune_baselines)\n"
-                       + yaml.safe_dump({"baselines": {"tuned": entries}}, sort_keys=False))
+                       + yaml.safe_dump({"baselines": {"tuned_for": tuned_for, "tuned": entries}},
+                                        sort_keys=False))
     log.info("chose %d entries -> %s", len(entries), args.out_chosen)
 
 
@@ -166,6 +170,8 @@ def main():
     p.add_argument("--out", help="the candidates' scores .csv")
     p.add_argument("--choose", nargs="+", help="score .csv files: choose instead of tune")
     p.add_argument("--out-chosen", help="chosen baselines.tuned entries .yaml (--choose)")
+    p.add_argument("--tuned-for", help="JSON: the settings the candidates were scored at "
+                                       "(baselines.tuned_for; --choose)")
     p.add_argument("--out-table", help="mean proxy scores of every candidate .csv (--choose)")
     args = p.parse_args()
     log = setup_logging("tune_baselines")
