@@ -59,7 +59,10 @@ def settings(*sections):
     """The config sections a script reads, as one shell-quoted JSON argument.
     Passing them as params means a changed section reruns exactly the rules that read it.
     """
-    return shlex.quote(json.dumps({s: config[s] for s in sections}, sort_keys=True))
+    chosen = {s: config[s] for s in sections}
+    if "baselines" in chosen:  # tuned_for is checked when the config loads; it changes no fit
+        chosen["baselines"] = {k: v for k, v in chosen["baselines"].items() if k != "tuned_for"}
+    return shlex.quote(json.dumps(chosen, sort_keys=True))
 
 
 # The secret noise key of every DP release and DP-SGD fit (dpdeepsets.noise): the user's file,
