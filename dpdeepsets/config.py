@@ -2,9 +2,9 @@
 defaults filled in), the cross-key rules the schema cannot express, and the input paths.
 
 Snakemake validates with ``snakemake.utils.validate`` against the same schema and then
-calls :func:`check_consistency` and :func:`check_paths` (``workflow/rules/common.smk``);
-:func:`load_config` does all three for scripts run by hand (``--configfile``) and tests,
-so a stage run by hand gets the same one-line errors.
+calls :func:`check_consistency`, :func:`check_paths` and :func:`check_tuned`
+(``workflow/rules/common.smk``); :func:`load_config` does all of them for scripts run by
+hand (``--configfile``) and tests, so a stage run by hand gets the same one-line errors.
 """
 
 from __future__ import annotations
@@ -122,18 +122,6 @@ def check_consistency(config: dict) -> dict:
         if entry["method"] not in M.REGISTRY or M.get(entry["method"]).producer != "fit_baseline":
             raise ConfigError(f"baselines.tuned.{i}.method: {entry['method']!r} is not a "
                               f"gradient-fitted method")
-    tuned_for = config["baselines"]["tuned_for"]
-    if config["baselines"]["tuned"] and tuned_for:
-        now = tuned_context(config)
-        for key, value in tuned_for.items():
-            if key not in now:
-                raise ConfigError(f"baselines.tuned_for.{key} is not a setting the tuning depends "
-                                  f"on (those are {list(now)})")
-            if value != now[key]:
-                raise ConfigError(
-                    f"baselines.tuned was chosen at {key}={value!r} (baselines.tuned_for) but this "
-                    f"config has {now[key]!r}: rerun `snakemake tune_baselines` and use "
-                    f"results/tuning/chosen.yaml, or set baselines.tuned: [] for the defaults")
     for i, e in enumerate(eps):
         if not math.isfinite(e):
             raise ConfigError(f"privacy.epsilons.{i} is {e}: every epsilon must be finite (the "
@@ -192,6 +180,27 @@ SOURCE_HINTS = {
            "converts the downsampled-ImageNet files)",
     "image_folder": "a folder of PNG/JPEG images (class subfolders give labels)",
 }
+
+
+def check_tuned(config: dict) -> None:
+    """Refuse tuned baseline values chosen at other settings (``baselines.tuned_for``).
+
+    Run last (after :func:`check_consistency` and :func:`check_paths`), so that a config
+    that is wrong for a more specific reason (a missing file, a set larger than the pool)
+    gets that error instead of the generic "tuned at another scale" one.
+    """
+    tuned_for = config["baselines"]["tuned_for"]
+    if config["baselines"]["tuned"] and tuned_for:
+        now = tuned_context(config)
+        for key, value in tuned_for.items():
+            if key not in now:
+                raise ConfigError(f"baselines.tuned_for.{key} is not a setting the tuning depends "
+                                  f"on (those are {list(now)})")
+            if value != now[key]:
+                raise ConfigError(
+                    f"baselines.tuned was chosen at {key}={value!r} (baselines.tuned_for) but this "
+                    f"config has {now[key]!r}: rerun `snakemake tune_baselines` and use "
+                    f"results/tuning/chosen.yaml, or set baselines.tuned: [] for the defaults")
 
 
 def check_paths(config: dict) -> None:
@@ -258,6 +267,7 @@ def validate_config(config: dict) -> dict:
         raise ConfigError(f"config key {describe_validation_error(errors[0])}")
     check_consistency(config)
     check_paths(config)
+    check_tuned(config)
     return config
 
 

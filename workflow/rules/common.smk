@@ -10,7 +10,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from dpdeepsets import methods as M
-from dpdeepsets.config import ConfigError, check_consistency, check_paths, describe_validation_error, tuned_context
+from dpdeepsets.config import (ConfigError, check_consistency, check_paths, check_tuned,
+                               describe_validation_error, tuned_context)
 from dpdeepsets.io import format_epsilon
 
 min_version("9.0")
@@ -22,6 +23,7 @@ try:
     validate(config, "../schemas/config.schema.yaml")
     check_consistency(config)
     check_paths(config)
+    check_tuned(config)
 except WorkflowError as exc:
     cause = exc.__context__  # the jsonschema ValidationError that validate() caught
     if not hasattr(cause, "absolute_path"):
