@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Does DP-SGD approach its own non-private fit as epsilon grows? (the baseline's sanity test)
 
-    python benchmarks/dpsgd_sanity.py [results] [--pset p0] [--epsilons 16 64 256 1024 4096 16384]
+    python benchmarks/dpsgd_sanity.py [results] [--configfile F [F ...]] [--pset p0]
+        [--epsilons 16 64 256 1024 4096 16384]
 
 On a finished run's base model and private set, fits ``dpsgd`` with the hyperparameters the
 config gives it at the largest grid epsilon (the tuned ones, if any) at each ``--epsilons``,
@@ -24,7 +25,8 @@ import torch
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="?", default="results")
-    p.add_argument("--configfile", default="config/config.yaml")
+    p.add_argument("--configfile", nargs="+", default=["config/config.yaml"],
+                   help="one or more config files, merged like snakemake --configfile")
     p.add_argument("--pset", default="p0")
     p.add_argument("--epsilons", nargs="+", type=float, default=[16, 64, 256, 1024, 4096, 16384])
     p.add_argument("--threads", type=int, default=2)
