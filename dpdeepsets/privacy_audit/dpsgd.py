@@ -131,11 +131,10 @@ def lora_unet_workload(unet, scheduler, targets, basis, images: torch.Tensor, *,
     return Workload(name, images.shape[0], build, row_losses, k)
 
 
-def tiny_lora_unet_workload(n_images: int = 24, rank: int = 2, noise_multiplicity: int = 1) -> Workload:
-    """The tiny UNet of ``tests/conftest.py`` (1 channel, 16 px, attention), LoRA of ``rank`` on
-    the schema's default targets, and smooth random blobs as images (as tests/unit/test_baselines.py)."""
-    from dpdeepsets import lora as L
-    from dpdeepsets.config import load_config
+def tiny_unet():
+    """A small seeded DDPM UNet with attention (1 channel, 16 px) and its scheduler: the audit's
+    model and the tests' ``tiny_unet`` fixture. Every weight is non-zero (diffusers zero-inits
+    some output convs, which would hide their gradients)."""
     from dpdeepsets.diffusion import build_scheduler, build_unet
 
     torch.manual_seed(0)
@@ -145,7 +144,16 @@ def tiny_lora_unet_workload(n_images: int = 24, rank: int = 2, noise_multiplicit
         for p in unet.parameters():
             p.add_(0.02 * torch.randn_like(p))
     unet.eval().requires_grad_(False)
-    sched = build_scheduler(1000, "squaredcos_cap_v2")
+    return unet, build_scheduler(1000, "squaredcos_cap_v2")
+
+
+def tiny_lora_unet_workload(n_images: int = 24, rank: int = 2, noise_multiplicity: int = 1) -> Workload:
+    """:func:`tiny_unet`, LoRA of ``rank`` on the schema's default targets, and smooth random
+    blobs as images (as tests/unit/test_baselines.py)."""
+    from dpdeepsets import lora as L
+    from dpdeepsets.config import load_config
+
+    unet, sched = tiny_unet()
     targets = L.find_targets(unet, load_config(None)["lora"]["target_modules"], rank)
     basis = L.make_basis(targets, rank, 0)
     gen = torch.Generator().manual_seed(3)
