@@ -147,20 +147,25 @@ def tiny_unet():
     return unet, build_scheduler(1000, "squaredcos_cap_v2")
 
 
+def smooth_blobs(n_images: int, seed: int = 3) -> torch.Tensor:
+    """``n_images`` seeded 16 px images of smooth random blobs in (-1, 1), so the denoising
+    loss has something to learn: :func:`tiny_unet`'s data here and in the tests."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(n_images, 1, 4, 4, generator=gen)
+    return torch.nn.functional.interpolate(base, size=16, mode="bilinear").tanh()
+
+
 def tiny_lora_unet_workload(n_images: int = 24, rank: int = 2, noise_multiplicity: int = 1) -> Workload:
-    """:func:`tiny_unet`, LoRA of ``rank`` on the schema's default targets, and smooth random
-    blobs as images (as tests/unit/test_baselines.py)."""
+    """:func:`tiny_unet`, LoRA of ``rank`` on the schema's default targets, and
+    :func:`smooth_blobs` as images."""
     from dpdeepsets import lora as L
     from dpdeepsets.config import load_config
 
     unet, sched = tiny_unet()
     targets = L.find_targets(unet, load_config(None)["lora"]["target_modules"], rank)
     basis = L.make_basis(targets, rank, 0)
-    gen = torch.Generator().manual_seed(3)
-    base = torch.randn(n_images, 1, 4, 4, generator=gen)
-    images = torch.nn.functional.interpolate(base, size=16, mode="bilinear").tanh()
-    return lora_unet_workload(unet, sched, targets, basis, images, rank=rank, alpha=rank,
-                              noise_multiplicity=noise_multiplicity,
+    return lora_unet_workload(unet, sched, targets, basis, smooth_blobs(n_images), rank=rank,
+                              alpha=rank, noise_multiplicity=noise_multiplicity,
                               name=f"tiny LoRA-UNet (rank {rank}, n={n_images})")
 
 

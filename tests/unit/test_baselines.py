@@ -146,10 +146,9 @@ def _noise(**cell):
 
 @pytest.fixture(scope="module")
 def images():
-    gen = torch.Generator().manual_seed(3)
-    # smooth blobs, so the denoising loss has something to learn
-    base = torch.randn(24, 1, 4, 4, generator=gen)
-    return torch.nn.functional.interpolate(base, size=16, mode="bilinear").tanh()
+    from dpdeepsets.privacy_audit.dpsgd import smooth_blobs
+
+    return smooth_blobs(24)
 
 
 def _fit(setup, images, method="dpsgd", *, hyper=None, epsilon=2.0, noise=None, accountant="auto",
