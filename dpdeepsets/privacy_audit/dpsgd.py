@@ -274,6 +274,7 @@ def audit_dpsgd(
     seed: int = 0,
     alpha: float = 0.05,
     select_fraction: float = 0.5,
+    return_scores: bool = False,
 ) -> dict:
     """Empirical lower bound on the epsilon of the DP-SGD baseline (see the module docstring).
 
@@ -291,7 +292,8 @@ def audit_dpsgd(
     canaries_per_run, workload, bug, epsilon_lower_bound, epsilon_ceiling, canaries (audited),
     guesses, correct, caught, seconds, score_in / score_out: mean and standard deviation of
     the included / excluded canaries' scores; with full batches, under the claim, (T/z, sqrt(T))
-    and (0, sqrt(T))).
+    and (0, sqrt(T))); with ``return_scores`` also ``scores`` and ``included`` (the arrays the
+    bound was computed from, for comparisons over repeated draws: benchmarks/audit_draws.py).
     """
     workload = workload or linear_workload()
     if runs < 1 or canaries < 8:
@@ -321,6 +323,8 @@ def audit_dpsgd(
     seconds = time.perf_counter() - t0
     scores, included = np.concatenate(scores), np.concatenate(included)
     r = one_run_audit(scores, included, delta, alpha, select_fraction)
+    if return_scores:
+        r = {**r, "scores": scores, "included": included}
     return {"epsilon_claimed": float(claimed), "epsilon_target": float(epsilon),
             "accountant": plan.accountant, "noise_multiplier": plan.noise_multiplier,
             "noise_multiplier_used": used.noise_multiplier, "sample_rate": plan.sample_rate,
