@@ -43,9 +43,12 @@ def save_image_grid(path, images: np.ndarray, ncols: int, scale: int = 2) -> Non
 
 
 def plot_vs_epsilon(path, metrics: pd.DataFrame, metric: str = "fid", adjacency: str = "add_remove") -> None:
-    """The paper's main figure: ``metric`` vs epsilon (log2 axis) per method, mean and 95 %
-    error bars of 1.96 standard errors over (set, seed) units; methods without an epsilon
-    grid (public-only at 0, the non-private reference at inf) are horizontal lines."""
+    """The paper's main figure: ``metric`` vs epsilon (log2 axis) per method, the mean over
+    private sets (seeds averaged within a set) and 95 % Student-t error bars over the sets
+    (:func:`dpdeepsets.tables.t_interval`; none with one set); methods without an epsilon
+    grid (public-only at 0, the non-private references at inf) are horizontal lines."""
+    from .tables import t_interval
+
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.0, 4.4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -54,9 +57,12 @@ def plot_vs_epsilon(path, metrics: pd.DataFrame, metric: str = "fid", adjacency:
         g = finite[finite["method"] == name]
         if not len(g) or not M.get(name).has_grid:
             continue
-        s = g.groupby("epsilon")[metric].agg(["mean", "std", "count"]).reset_index()
-        err = 1.96 * s["std"].fillna(0) / np.sqrt(s["count"])
-        ax.errorbar(s["epsilon"], s["mean"], yerr=err, marker="o", capsize=3,
+        units = g.groupby(["epsilon", "pset"])[metric].mean()
+        eps = sorted(units.index.get_level_values(0).unique())
+        stats = [t_interval(units.loc[e].to_numpy()) for e in eps]
+        mean = np.array([m for m, _, _ in stats])
+        err = np.nan_to_num(np.array([hi - m for m, _, hi in stats]))
+        ax.errorbar(eps, mean, yerr=err, marker="o", capsize=3,
                     label=M.get(name).label, color=colors[i % len(colors)])
     refs = metrics[(metrics["epsilon"] == 0) | ~np.isfinite(metrics["epsilon"])]
     styles = iter(["--", ":", "-.", (0, (5, 1)), (0, (1, 3))])
@@ -67,7 +73,9 @@ def plot_vs_epsilon(path, metrics: pd.DataFrame, metric: str = "fid", adjacency:
     ax.set_xscale("log", base=2)
     ax.set_xlabel(f"epsilon (log2 scale; delta fixed, {adjacency.replace('_', '/')} adjacency for every method)")
     ax.set_ylabel(f"{metric.upper()} vs private set (lower is better)")
-    ax.set_title("Sample quality vs privacy budget (mean, 95% interval over sets x seeds)")
+    n_sets = metrics["pset"].nunique()
+    ax.set_title(f"Sample quality vs privacy budget (mean over {n_sets} disjoint private sets, "
+                 f"95% t-interval)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

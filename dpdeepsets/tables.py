@@ -1,9 +1,13 @@
-"""The result tables: metrics, summary with paired bootstrap intervals, specificity, ledger, budget.
+"""The result tables: metrics, summary with paired t-intervals, specificity, ledger, budget.
 
-Units of replication are (private set, seed) pairs: every method is evaluated on the same
-units, so a method's margin over DP-DeepSets is a *paired* difference per unit, and its 95 %
-interval is a percentile bootstrap over units (resampled with replacement). With few units
-the interval is wide: that is the honest answer, not a defect of the table.
+Units of replication are the private sets, which are disjoint (subsets.disjoint), so their
+scores are independent draws. Seeds repeat the noise and the sampling on the SAME private
+data: they are averaged within a set, not counted as units. Every method is evaluated on
+the same sets, so a method's margin over DP-DeepSets is a *paired* difference per set, and
+its 95 % interval is a Student-t interval over sets (P - 1 degrees of freedom). A
+percentile bootstrap would not do: over 3 units it is the [min, max] of three numbers,
+which excludes 0 whenever the three agree in sign (one time in four under the null). With
+few sets the t-interval is wide: that is the honest answer, not a defect of the table.
 """
 
 from __future__ import annotations
@@ -65,26 +69,38 @@ def metrics_table(scores: pd.DataFrame) -> pd.DataFrame:
     return _order(own[keep])
 
 
-def _bootstrap_mean(values: np.ndarray, resamples: int, rng) -> tuple[float, float]:
-    idx = rng.integers(0, len(values), size=(resamples, len(values)))
-    means = values[idx].mean(axis=1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+def t_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lo, hi): the Student-t interval of the mean of independent ``values``
+    (len - 1 degrees of freedom); lo = hi = nan with fewer than 2 values."""
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=np.float64)
+    m = float(v.mean()) if len(v) else math.nan
+    if len(v) < 2:
+        return m, math.nan, math.nan
+    half = float(t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return m, m - half, m + half
 
 
-def summary_table(metrics: pd.DataFrame, *, resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Per (method, epsilon): mean and std of the scores over units, and the paired margin.
+def per_set(metrics: pd.DataFrame, column: str) -> pd.Series:
+    """``column`` averaged over seeds within each (method, epsilon, private set): one value per unit."""
+    return metrics.groupby(["method", "epsilon", "pset"])[column].mean().sort_index()
 
-    ``fid_margin`` = the method's FID minus DP-DeepSets' on the same unit, averaged over
-    units (positive: DP-DeepSets better), with a 95 % bootstrap interval
-    (``fid_margin_lo``/``_hi``) and ``significant`` when it excludes 0; the same for KID.
-    A method with an epsilon grid is compared at the same epsilon; a method without one
-    (public-only at epsilon 0, the non-private reference at inf) is compared with
+
+def summary_table(metrics: pd.DataFrame, *, confidence: float = 0.95) -> pd.DataFrame:
+    """Per (method, epsilon): mean and std of the scores over cells, and the paired margin.
+
+    ``fid_margin`` = the method's FID minus DP-DeepSets' on the same private set (both
+    averaged over seeds first), averaged over sets (positive: DP-DeepSets better), with a
+    Student-t interval over sets (``fid_margin_lo``/``_hi``, ``interval`` names it) and
+    ``significant`` when it excludes 0; the same for KID. ``n_units`` is the number of
+    sets. A method with an epsilon grid is compared at the same epsilon; a method without
+    one (public-only at epsilon 0, the non-private references at inf) is compared with
     DP-DeepSets at every finite epsilon (``compared_at_epsilon``).
     """
-    rng = np.random.default_rng(seed)
-    ours = metrics[metrics["method"] == "dpdeepsets"].set_index(["epsilon", "pset", "seed"])
     ours_eps = sorted(e for e in metrics.loc[metrics["method"] == "dpdeepsets", "epsilon"].unique()
                       if math.isfinite(e))
+    units = {c: per_set(metrics, c) for c in ("fid", "kid") if c in metrics}
     rows = []
     for (method, eps), g in metrics.groupby(["method", "epsilon"], sort=False):
         stats = {"n_cells": len(g)}
@@ -95,14 +111,17 @@ def summary_table(metrics: pd.DataFrame, *, resamples: int = 2000, seed: int = 0
         targets = [eps] if grid or method == "dpdeepsets" else ours_eps
         for at in targets:
             row = {"method": method, "epsilon": eps, "compared_at_epsilon": at, **stats}
-            if method != "dpdeepsets" and math.isfinite(at) and len(ours):
-                for c in ("fid", "kid"):
-                    diffs = np.array([r[c] - ours.loc[(at, r["pset"], r["seed"]), c]
-                                      for _, r in g.iterrows() if (at, r["pset"], r["seed"]) in ours.index])
-                    if len(diffs):
-                        lo, hi = _bootstrap_mean(diffs, resamples, rng)
-                        row.update({f"{c}_margin": diffs.mean(), f"{c}_margin_lo": lo,
-                                    f"{c}_margin_hi": hi, "n_units": len(diffs)})
+            if method != "dpdeepsets" and math.isfinite(at) and ("dpdeepsets", at) in units["fid"]:
+                for c, u in units.items():
+                    mine, ours = u.loc[(method, eps)], u.loc[("dpdeepsets", at)]
+                    common = mine.index.intersection(ours.index)
+                    if len(common):
+                        m, lo, hi = t_interval(mine[common] - ours[common], confidence)
+                        row.update({f"{c}_margin": m, f"{c}_margin_lo": lo, f"{c}_margin_hi": hi,
+                                    "n_units": len(common)})
+                if "n_units" in row:
+                    row["interval"] = (f"{confidence:.0%} Student t over {row['n_units']} private sets "
+                                       f"({row['n_units'] - 1} df), seeds averaged within a set")
                 row["significant"] = bool(row.get("fid_margin_lo", math.nan) > 0
                                           or row.get("fid_margin_hi", math.nan) < 0)
             rows.append(row)
@@ -148,31 +167,62 @@ def ledger_table(files) -> pd.DataFrame:
     return _order(df[cols].assign(replicate=df["replicate"].astype(int)))
 
 
-def budget_table(ledger: pd.DataFrame, figure_epsilon: float, delta: float) -> pd.DataFrame:
-    """What publishing each artifact costs each private set: the composition of the releases
-    and fits it depends on (dpdeepsets.privacy.compose_ledger).
+def budget_table(ledger: pd.DataFrame, figure_epsilon: float, delta: float,
+                 membership: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """What publishing each artifact costs each private set, and each private example.
 
-    nearest_public_lora reads DP-DeepSets' own releases, so it adds nothing; non-private
-    reference rows (epsilon = inf) are not DP at all and are listed apart.
+    Per set: the composition of the releases and fits each artifact depends on
+    (dpdeepsets.privacy.compose_ledger); nearest_public_lora reads DP-DeepSets' own releases,
+    so it adds nothing; non-private reference rows (epsilon = inf) are not DP at all and are
+    listed apart.
+
+    Per person (``membership``: private set id -> the private-pool rows it holds): a private
+    example pays for everything published from EVERY set that contains it. Examples are
+    grouped by the sets they belong to; one row per group ("person in p1+p2") composes all
+    those sets' entries, and a last row gives the worst-off example. With disjoint sets
+    (subsets.disjoint, the default) every group is one set and the per-person epsilon equals
+    the per-set one; with overlapping sets it is larger, and which groups exist depends on
+    the private data (so those rows are evaluation output, not a DP release).
     """
     from .privacy import compose_ledger
 
     private = ledger[ledger["private"].astype(bool)]
     rows = []
+
+    def add(pset, artifact, sel):
+        if len(sel):
+            c = compose_ledger(sel.to_dict("records"), delta)
+            rows.append({"pset": pset, "artifact": artifact, "entries": c["n_entries"],
+                         "epsilon": c["epsilon"], "delta": delta, "composition": c["composition"]})
+
     for pset, g in private.groupby("pset"):
-        def add(artifact, sel):
-            if len(sel):
-                c = compose_ledger(sel.to_dict("records"), delta)
-                rows.append({"pset": pset, "artifact": artifact, "entries": c["n_entries"],
-                             "epsilon": c["epsilon"], "delta": delta,
-                             "composition": c["composition"]})
         fig = g[g["epsilon"] == figure_epsilon]
-        add(f"samples.png (every DP method at epsilon {format_epsilon(figure_epsilon)}, all seeds)", fig)
-        add("samples_vs_epsilon.png and the DP-DeepSets / nearest_public_lora adapters",
+        add(pset, f"samples.png (every DP method at epsilon {format_epsilon(figure_epsilon)}, all seeds)", fig)
+        add(pset, "samples_vs_epsilon.png and the DP-DeepSets / nearest_public_lora adapters",
             g[g["mechanism"] == "analytic_gaussian"])
         for method, gm in g[g["mechanism"] != "analytic_gaussian"].groupby("method"):
-            add(f"every {method} adapter", gm)
-        add("everything DP published from this set", g)
+            add(pset, f"every {method} adapter", gm)
+        add(pset, "everything DP published from this set", g)
+    if membership:
+        groups: dict[tuple[str, ...], int] = {}
+        owner: dict[int, list[str]] = {}
+        for pset, rows_of_set in membership.items():
+            for r in np.asarray(rows_of_set).ravel().tolist():
+                owner.setdefault(int(r), []).append(pset)
+        for sets in owner.values():
+            key = tuple(sorted(set(sets)))
+            groups[key] = groups.get(key, 0) + 1
+        worst = None
+        for key, count in sorted(groups.items()):
+            before = len(rows)
+            add("+".join(key), f"everything DP published about a person in {' and '.join(key)} "
+                               f"({count} private examples)", private[private["pset"].isin(key)])
+            if len(rows) > before and (worst is None or rows[-1]["epsilon"] > worst["epsilon"]):
+                worst = rows[-1]
+        if worst is not None:
+            rows.append({**worst, "pset": "per person",
+                         "artifact": f"everything DP published about the worst-off private example "
+                                     f"(in {worst['pset'].replace('+', ' and ')})"})
     out = pd.DataFrame(rows)
     refs = ledger[~ledger["private"].astype(bool)]
     if len(refs):

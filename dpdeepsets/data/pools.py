@@ -25,3 +25,21 @@ def split_public_private(n: int, public_fraction: float, seed: int) -> tuple[np.
         )
     perm = np.random.default_rng(int(seed)).permutation(n)
     return np.sort(perm[:n_pub]).astype(np.int64), np.sort(perm[n_pub:]).astype(np.int64)
+
+
+def validation_pool_size(n_public_all: int, n_private: int, cfg) -> int:
+    """Images held out of the public part as the public validation pool (``data.validation_size``:
+    ``"private"`` = the private pool's size, an integer, or null = ``validation_fraction``
+    of the public part, rounded as :func:`split_public_private` rounds). The rest must stay
+    non-empty."""
+    size = cfg.get("validation_size", "private")
+    if size == "private":
+        n_val, why = int(n_private), f"data.validation_size=private ({n_private}, the private pool)"
+    elif size is None:
+        n_val = n_public_all - int(round(n_public_all * (1 - float(cfg["validation_fraction"]))))
+        why = f"data.validation_fraction={cfg['validation_fraction']}"
+    else:
+        n_val, why = int(size), f"data.validation_size={size}"
+    if not 0 < n_val < n_public_all:
+        raise DataError(f"{why} leaves no public pool: the public part has {n_public_all} images")
+    return n_val

@@ -4,6 +4,7 @@ rule report:
         scores=SCORE_FILES,
         releases=RELEASE_FILES,
         ledgers=FIT_LEDGER_FILES,
+        sets=f"{R}/subsets/private.npz",
     output:
         metrics=report(f"{R}/metrics.csv", caption="../report/metrics.rst", category="Results"),
         summary=report(f"{R}/summary.csv", caption="../report/summary.rst", category="Results"),
@@ -27,6 +28,7 @@ rule report:
     shell:
         f"python {SCRIPTS}/report.py --settings {{params.settings}} --scores {{input.scores}}"
         " --releases {input.releases} {input.ledgers} --figure-epsilon {params.figure_eps}"
+        " --sets {input.sets}"
         " --out-metrics {output.metrics} --out-summary {output.summary}"
         " --out-specificity {output.specificity} --out-ledger {output.ledger}"
         " --out-budget {output.budget} --out-fid-plot {output.fid} --out-kid-plot {output.kid}"

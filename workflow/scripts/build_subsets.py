@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """build_subsets: k-NN sets around seeded anchors in one pool's embedding space.
 
-public      the M subsets of the LoRA bank (the hypernetwork's training sets)
-validation  the public proxy sets (held out: hyperparameter choice at no privacy cost)
-private     the P private sets of the evaluation
+public      the M subsets of the LoRA bank (the hypernetwork's training sets; may overlap)
+validation  the public proxy sets (held out: hyperparameter choice at no privacy cost),
+            built exactly like the private sets
+private     the P private sets of the evaluation: disjoint (subsets.disjoint), so they are
+            independent units and a person is in at most one of them
 """
 
 from dpdeepsets import cli
@@ -21,17 +23,23 @@ def main():
     args = p.parse_args()
     s = cli.read_settings(args, SECTIONS)["subsets"]
     log = setup_logging("build_subsets")
+    import numpy as np
+
     from dpdeepsets.data import atomic_savez, load_embeddings
     from dpdeepsets.seeds import derive_seed
-    from dpdeepsets.subsets import knn_subsets
+    from dpdeepsets.subsets import disjoint_knn_subsets, knn_subsets
 
     z = load_embeddings(args.embeddings)  # refuses NaN/Inf, names the file
     num = s[COUNT_KEY[args.pool]]
-    anchors, members = knn_subsets(z, num_sets=num, k=s["set_size"],
-                                   seed=derive_seed(s["seed"], "anchors", args.pool),
-                                   what=f"{args.pool} pool")
-    atomic_savez(args.out, {"anchors": anchors, "members": members})
-    log.info("wrote %d %s sets of %d -> %s", num, args.pool, s["set_size"], args.out)
+    disjoint = args.pool != "public" and s["disjoint"]
+    build = disjoint_knn_subsets if disjoint else knn_subsets
+    anchors, members = build(z, num_sets=num, k=s["set_size"],
+                             seed=derive_seed(s["seed"], "anchors", args.pool),
+                             what=f"{args.pool} pool")
+    atomic_savez(args.out, {"anchors": anchors, "members": members,
+                            "disjoint": np.asarray(disjoint)})
+    log.info("wrote %d %s sets of %d (%s) -> %s", num, args.pool, s["set_size"],
+             "disjoint" if disjoint else "may overlap", args.out)
 
 
 if __name__ == "__main__":

@@ -59,8 +59,10 @@ def main():
             pub, pub_labels = images, labels
             pub_idx, priv_idx = data.split_public_private(len(images), cfg["public_fraction"],
                                                           cfg["split_seed"])
-        # The validation pool: a seeded fraction of the public pool (data-independent).
-        train_pos, val_pos = data.split_public_private(len(pub_idx), 1 - cfg["validation_fraction"],
+        # The validation pool: a seeded part of the public pool (data-independent), by default
+        # as large as the private pool, so the proxy sets are built like the private sets.
+        n_val = data.validation_pool_size(len(pub_idx), len(priv_idx), cfg)
+        train_pos, val_pos = data.split_public_private(len(pub_idx), 1 - n_val / len(pub_idx),
                                                        cfg["split_seed"] + 1)
         pools = {"public": (pub, pub_labels, pub_idx[train_pos], "public_classes"),
                  "validation": (pub, pub_labels, pub_idx[val_pos], "public_classes"),
