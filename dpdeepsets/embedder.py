@@ -35,6 +35,7 @@ from typing import Mapping
 import numpy as np
 
 from dpdeepsets.data import DataError, atomic_savez
+from dpdeepsets.data.store import _drop_pages, _validate_images, iter_chunks
 
 __all__ = [
     "BACKENDS",
@@ -43,7 +44,9 @@ __all__ = [
     "EFFNET_FEATURE_DIM",
     "efficientnet_weights_path",
     "extract_features",
+    "features_from_config",
     "Projection",
+    "write_embeddings",
 ]
 
 BACKENDS = ("efficientnet_lite0", "open_clip", "pixels")
@@ -66,6 +69,11 @@ _CLIP_WEIGHTS_HINT = (
     "e.g. for ViT-B-32 the laion2b_s34b_b79k checkpoint 'open_clip_pytorch_model.bin' "
     "from the open_clip / Hugging Face release"
 )
+
+#: Float64 feature bytes held at once by :meth:`Projection.fit`, :meth:`Projection.transform`
+#: and :func:`write_embeddings` (a chunk of a pool is embedded, projected and written, then
+#: dropped): what bounds their memory, whatever the number of images.
+CHUNK_BYTES = 64 << 20
 
 _MODEL_CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
@@ -320,35 +328,49 @@ class Projection:
 
     @classmethod
     def fit(cls, features: np.ndarray, dim: int, seed: int = 0, *,
-            metadata: Mapping[str, str] | None = None) -> "Projection":
-        """Fit on PUBLIC ``features [N,F]``: centre, then exact PCA (float64
-        SVD of the centred data, or eigendecomposition of its Gram matrix when
-        N > F; both deterministic).  Component signs are fixed so that each
-        component's largest-magnitude entry is positive.  ``seed`` is recorded
-        in the metadata (the exact solver is not randomised).  Refuses
-        ``dim > min(N, F)``."""
-        x = np.asarray(features, dtype=np.float64)
+            metadata: Mapping[str, str] | None = None,
+            chunk_bytes: int | None = None) -> "Projection":
+        """Fit on PUBLIC ``features [N,F]``: centre, then exact PCA (eigendecomposition of
+        the float64 scatter matrix when N > F, else float64 SVD of the centred data; both
+        deterministic).  Component signs are fixed so that each component's
+        largest-magnitude entry is positive.  ``seed`` is recorded in the metadata (the
+        exact solver is not randomised).  Refuses ``dim > min(N, F)``.
+
+        Memory: when N > F the mean and the [F, F] scatter matrix are accumulated over
+        float64 row chunks of about ``chunk_bytes`` (default :data:`CHUNK_BYTES`), so
+        beyond ``features`` (which may be float32 or memory-mapped) the fit holds one chunk
+        and F x F floats; when N <= F the float64 SVD holds the centred [N, F] data (at
+        most F x F values)."""
+        x = features if isinstance(features, np.ndarray) else np.asarray(features, dtype=np.float64)
         if x.ndim != 2:
             raise ValueError(f"Projection.fit: features must be 2-D [N,F], got shape {x.shape}")
         n, f = x.shape
         if n < 2:
             raise ValueError(f"Projection.fit: need at least 2 feature rows, got {n}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("Projection.fit: features contain NaN or Inf")
         if isinstance(dim, bool) or int(dim) != dim or dim < 1:
             raise ValueError(f"Projection.fit: dim must be a positive integer, got {dim!r}")
         dim = int(dim)
         if dim > min(n, f):
             raise ValueError(f"Projection.fit: dim={dim} exceeds min(N={n}, F={f}) = {min(n, f)}")
-        mean = x.mean(axis=0)
-        xc = x - mean
+        chunks = list(iter_chunks(n, 8 * f, chunk_bytes or CHUNK_BYTES))
+        total = np.zeros(f)
+        for lo, hi in chunks:
+            c = np.asarray(x[lo:hi], dtype=np.float64)
+            if not np.all(np.isfinite(c)):
+                raise ValueError("Projection.fit: features contain NaN or Inf")
+            total += c.sum(axis=0)
+        mean = total / n
         if n > f:
-            evals, evecs = np.linalg.eigh(xc.T @ xc)
+            scatter = np.zeros((f, f))
+            for lo, hi in chunks:
+                c = np.asarray(x[lo:hi], dtype=np.float64) - mean
+                scatter += c.T @ c
+            evals, evecs = np.linalg.eigh(scatter)
             order = np.argsort(evals)[::-1]
             var = np.clip(evals[order], 0.0, None)
             comps = evecs[:, order].T
         else:
-            _, s, vt = np.linalg.svd(xc, full_matrices=False)
+            _, s, vt = np.linalg.svd(np.asarray(x, dtype=np.float64) - mean, full_matrices=False)
             var = s ** 2
             comps = vt
         comps = comps[:dim]
@@ -361,17 +383,25 @@ class Projection:
         meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
         return cls(mean, comps, evr, meta)
 
-    def transform(self, features: np.ndarray) -> np.ndarray:
-        """Project ``features [N,F]`` and L2-normalise each row -> float32 [N,dim]."""
-        x = np.asarray(features, dtype=np.float64)
+    def transform(self, features: np.ndarray, *, chunk_bytes: int | None = None) -> np.ndarray:
+        """Project ``features [N,F]`` and L2-normalise each row -> float32 [N,dim].
+
+        Computed in float64 on row chunks of about ``chunk_bytes`` (default
+        :data:`CHUNK_BYTES`): beyond the float32 result it holds one chunk, whatever N is,
+        and ``features`` may be float32 or memory-mapped.  Each row's result does not
+        depend on the chunking."""
+        x = features if isinstance(features, np.ndarray) else np.asarray(features, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"Projection.transform: expected features [N,{self.in_dim}], got shape {x.shape}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("Projection.transform: features contain NaN or Inf")
-        z = (x - self.mean) @ self.components.T
-        norms = np.linalg.norm(z, axis=1, keepdims=True)
-        z = np.divide(z, norms, out=np.zeros_like(z), where=norms > 0)
-        return z.astype(np.float32)
+        out = np.empty((x.shape[0], self.dim), dtype=np.float32)
+        for lo, hi in iter_chunks(x.shape[0], 8 * self.in_dim, chunk_bytes or CHUNK_BYTES):
+            c = np.asarray(x[lo:hi], dtype=np.float64)
+            if not np.all(np.isfinite(c)):
+                raise ValueError("Projection.transform: features contain NaN or Inf")
+            z = (c - self.mean) @ self.components.T
+            norms = np.linalg.norm(z, axis=1, keepdims=True)
+            out[lo:hi] = np.divide(z, norms, out=np.zeros_like(z), where=norms > 0)
+        return out
 
     def save(self, path: str) -> None:
         """Atomically write ``.npz`` with ``mean``, ``components``,
@@ -421,8 +451,50 @@ class Projection:
         return f"Projection(in_dim={self.in_dim}, dim={self.dim}, metadata={self.metadata})"
 
 
-def features_from_config(images_uint8: np.ndarray, settings: Mapping) -> np.ndarray:
+def features_from_config(images_uint8: np.ndarray, settings: Mapping, *, progress: bool = True) -> np.ndarray:
     """:func:`extract_features` with the ``embedder`` config section's settings."""
     return extract_features(images_uint8, settings["backend"], image_size=settings["image_size"],
                             batch_size=settings["batch_size"], clip_model=settings["clip_model"],
-                            clip_weights=settings["clip_weights"])
+                            clip_weights=settings["clip_weights"], progress=progress)
+
+
+def write_embeddings(path, images: np.ndarray, projection: Projection, settings: Mapping, *,
+                     chunk_bytes: int | None = None, progress: bool = True) -> tuple[int, int]:
+    """Embed every image of a pool and write ``float32 [N, dim]`` to the .npy ``path``.
+
+    ``images`` (uint8 [N, H, W, C], normally the memory-mapped split) are embedded a chunk
+    at a time: as many images as have about ``chunk_bytes`` (default :data:`CHUNK_BYTES`)
+    of float64 encoder features or of pixels, whichever is larger, rounded to whole encoder
+    batches; their features (``settings``: the ``embedder`` config section) are projected
+    and appended to the file, and the chunk's pages of the map dropped.
+    The peak memory is one chunk plus the encoder, independent of N: the output is written
+    with plain file writes, so not even its pages stay resident (a writable memory map
+    would keep them).  The file is written atomically (:func:`dpdeepsets.io.atomic_path`)
+    and holds what ``np.save`` writes for the whole array; each row equals the one-piece
+    ``projection.transform(features_from_config(images, settings))``.  Returns the
+    shape written.  Non-finite embeddings stop it with a :class:`DataError` naming the rows.
+    """
+    from dpdeepsets.io import atomic_path
+
+    images = _validate_images(images, f"write_embeddings({path})")
+    n, feat_dim = images.shape[0], projection.in_dim
+    batch = max(1, int(settings["batch_size"]))
+    row_bytes = max(8 * feat_dim, int(np.prod(images.shape[1:])))  # float64 features or the image
+    rows = max(1, (chunk_bytes or CHUNK_BYTES) // row_bytes)
+    rows = max(batch, rows - rows % batch)  # chunk edges on batch edges: the same encoder batches
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+              "shape": (n, projection.dim)}
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh, \
+            _progress(n, f"embed ({settings['backend']})", progress) as bar:
+        np.lib.format.write_array_header_1_0(fh, header)
+        for lo in range(0, n, rows):
+            hi = min(n, lo + rows)
+            z = projection.transform(features_from_config(images[lo:hi], settings, progress=False))
+            _drop_pages(images)
+            if not np.isfinite(z).all():
+                raise DataError(f"{path}: embeddings of images {lo}..{hi - 1} contain NaN or Inf")
+            fh.write(memoryview(np.ascontiguousarray(z)).cast("B"))
+            bar.update(hi - lo)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return n, projection.dim

@@ -15,7 +15,8 @@ memory-mapped straight out of the ``.npz`` (:func:`load_split` with ``mmap=True`
 a public pool larger than RAM is read page by page, never whole.  :func:`save_split`
 streams rows in chunks of about :data:`CHUNK_BYTES` (optionally a subset of rows,
 ``index=``), dropping the source pages it has read, so splitting an ImageNet32-sized
-pool (1.2M x 32x32x3, 3.7 GB) needs a few hundred MB of RAM.
+pool (1.2M x 32x32x3, 3.7 GB) needs a few hundred MB of RAM. :func:`take_rows` reads a
+subsample of a mapped pool the same way (resident: the rows taken plus one chunk).
 """
 
 from __future__ import annotations
@@ -203,10 +204,30 @@ def _write_npy_member(zf: zipfile.ZipFile, key: str, array: np.ndarray, index) -
             _drop_pages(array)
 
 
-def _index_chunks(index: np.ndarray, row_bytes: int):
+def take_rows(array: np.ndarray, index, *, chunk_bytes: int | None = None) -> np.ndarray:
+    """``array[index]`` as an in-memory array, read in chunks of about ``chunk_bytes``
+    (default :data:`CHUNK_BYTES`).
+
+    For a memory-mapped ``array`` the pages read are dropped after each chunk, so the
+    resident memory is the result (``len(index)`` rows) plus one chunk, however long
+    ``array`` is; a fancy index on the map would keep every page it touched resident.
+    """
+    index = np.asarray(index)
+    if index.ndim != 1 or (index.size and index.dtype.kind not in "iu"):
+        raise ValueError(f"take_rows: index must be a 1-D integer array, got {index.dtype} {index.shape}")
+    index = index.astype(np.int64, copy=False)
+    out = np.empty((len(index),) + tuple(array.shape[1:]), dtype=array.dtype)
+    row_bytes = array.dtype.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+    for lo, hi in _index_chunks(index, row_bytes, chunk_bytes):
+        out[lo:hi] = array[index[lo:hi]]
+        _drop_pages(array)
+    return out
+
+
+def _index_chunks(index: np.ndarray, row_bytes: int, chunk_bytes: int | None = None):
     """Chunks of ``index`` positions; for a sorted index each chunk's rows also span at most
     one chunk of the source, so a sparse selection does not map a wide source range."""
-    step = next(iter_chunks(1 << 62, row_bytes))[1]
+    step = next(iter_chunks(1 << 62, row_bytes, chunk_bytes))[1]
     ascending = bool(np.all(index[1:] >= index[:-1]))
     lo, n = 0, len(index)
     while lo < n:

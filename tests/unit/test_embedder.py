@@ -228,3 +228,84 @@ def test_projection_on_efficientnet_features(digits, eff_features):
     z = proj.transform(eff_features[1::2])
     assert z.shape == (20, 16)
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- chunked embedding
+PIXELS = {"backend": "pixels", "image_size": 112, "batch_size": 64, "clip_model": None, "clip_weights": None}
+
+
+def test_projection_transform_in_chunks_equals_one_piece(tmp_path):
+    """transform works on row chunks (memory bounded in N); a row's result must not depend
+    on the chunking, for float64, float32 and memory-mapped float32 features."""
+    rng = np.random.default_rng(3)
+    feats = (rng.normal(size=(1000, 24)) * np.linspace(3, 0.2, 24) + 1.0).astype(np.float32)
+    proj = Projection.fit(feats[:400], dim=6)
+    whole = proj.transform(feats, chunk_bytes=1 << 30)  # one chunk
+    np.save(tmp_path / "f.npy", feats)
+    mapped = np.load(tmp_path / "f.npy", mmap_mode="r")
+    for x in (feats, feats.astype(np.float64), mapped):
+        np.testing.assert_array_equal(proj.transform(x, chunk_bytes=8 * 24 * 37), whole)
+    # what transform computed before it was chunked: one float64 piece
+    z = (feats.astype(np.float64) - proj.mean) @ proj.components.T
+    np.testing.assert_array_equal(whole, (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32))
+    bad = feats.copy()
+    bad[777, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        proj.transform(bad, chunk_bytes=8 * 24 * 37)
+
+
+def test_projection_fit_in_chunks_equals_one_piece(tmp_path):
+    """Projection.fit accumulates the mean and scatter matrix over row chunks of float32
+    (possibly memory-mapped) features; the components equal the one-piece fit's."""
+    rng = np.random.default_rng(4)
+    feats = (rng.normal(size=(3000, 16)) * np.linspace(4, 0.3, 16) + 2.0).astype(np.float32)
+    np.save(tmp_path / "f.npy", feats)
+    mapped = np.load(tmp_path / "f.npy", mmap_mode="r")
+    one = Projection.fit(feats.astype(np.float64), 5, chunk_bytes=1 << 30)
+    chunked = Projection.fit(mapped, 5, chunk_bytes=8 * 16 * 101)
+    np.testing.assert_allclose(chunked.mean, feats.astype(np.float64).mean(0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(chunked.components, one.components, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(chunked.explained_variance_ratio, one.explained_variance_ratio, atol=1e-12)
+    bad = feats.copy()
+    bad[2999, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        Projection.fit(bad, 5, chunk_bytes=8 * 16 * 101)
+
+
+def test_write_embeddings_streams_the_one_piece_result(tmp_path, monkeypatch):
+    """write_embeddings embeds a memory-mapped pool chunk by chunk into the .npy: the file
+    is byte for byte what np.save writes for the one-piece embedding; a failure mid-pool
+    leaves neither the output nor a temporary file."""
+    from dpdeepsets.data import load_split, save_split
+
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (1000, 6, 6, 1), dtype=np.uint8)
+    save_split(str(tmp_path / "pool.npz"), images)
+    pool, _ = load_split(str(tmp_path / "pool.npz"), mmap=True)
+    feats = extract_features(images, "pixels")
+    proj = Projection.fit(feats, 8)
+    out = tmp_path / "emb" / "pool.npy"
+    # 64 rows per chunk (rounded to whole encoder batches of 32): 16 chunks, the last partial
+    shape = E.write_embeddings(out, pool, proj, dict(PIXELS, batch_size=32),
+                               chunk_bytes=8 * 36 * 70, progress=False)
+    assert shape == (1000, 8)
+    np.save(tmp_path / "ref.npy", proj.transform(feats))
+    assert out.read_bytes() == (tmp_path / "ref.npy").read_bytes()
+
+    calls = []
+    real = E.features_from_config
+
+    def nan_in_third_chunk(imgs, settings, **kw):
+        calls.append(len(imgs))
+        f = real(imgs, settings, **kw)
+        if len(calls) == 3:
+            f[0, 0] = np.nan
+        return f
+
+    monkeypatch.setattr(E, "features_from_config", nan_in_third_chunk)
+    out2 = tmp_path / "emb" / "bad.npy"
+    with pytest.raises(ValueError, match="NaN"):
+        E.write_embeddings(out2, pool, proj, dict(PIXELS, batch_size=32),
+                           chunk_bytes=8 * 36 * 70, progress=False)
+    assert calls == [64, 64, 64]  # stopped at the bad chunk
+    assert sorted(p.name for p in out.parent.iterdir()) == ["pool.npy"]

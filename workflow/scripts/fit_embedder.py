@@ -1,5 +1,11 @@
 #!/usr/bin/env python
-"""fit_embedder: fit the embedding projection on PUBLIC images only."""
+"""fit_embedder: fit the embedding projection on PUBLIC images only.
+
+A seeded subsample of at most embedder.fit_max_images public images (all of a smaller pool)
+is read from the memory-mapped pool chunk by chunk (dpdeepsets.data.store.take_rows), so
+memory depends on fit_max_images, not on the pool: that many uint8 images, their float32
+encoder features, and the projection's F x F scatter matrix (dpdeepsets.embedder.Projection.fit).
+"""
 
 from dpdeepsets import cli
 from dpdeepsets.io import Stopwatch, set_threads, setup_logging
@@ -14,18 +20,21 @@ def main():
     args = p.parse_args()
     e = cli.read_settings(args, SECTIONS)["embedder"]
     log = setup_logging("fit_embedder")
-    set_threads(args.threads)
+    if e["backend"] != "pixels":  # the pixel backend never imports torch (0.5 GB resident)
+        set_threads(args.threads)
     import numpy as np
 
     from dpdeepsets import data, embedder
+    from dpdeepsets.data.store import take_rows
 
-    images, _ = data.load_split(args.public, mmap=True)  # only the sampled rows are read
+    pool, _ = data.load_split(args.public, mmap=True)  # only the sampled rows are read
     rng = np.random.default_rng(e["seed"])
-    if len(images) > e["fit_max_images"]:
-        images = images[np.sort(rng.choice(len(images), e["fit_max_images"], replace=False))]
+    if len(pool) > e["fit_max_images"]:
+        rows = np.sort(rng.choice(len(pool), e["fit_max_images"], replace=False))
     else:
-        images = np.array(images)
-    with Stopwatch(log, f"features + projection of {len(images)} public images"):
+        rows = np.arange(len(pool))
+    images = take_rows(pool, rows)
+    with Stopwatch(log, f"features + projection of {len(images)} of {len(pool)} public images"):
         feats = embedder.features_from_config(images, e)
         proj = embedder.Projection.fit(feats, e["dim"], seed=e["seed"],
                                          metadata={"backend": e["backend"]})
