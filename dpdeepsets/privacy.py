@@ -18,6 +18,10 @@ actual row count is protected and never written to a ledger.
 ``"replace_one"``: neighbouring sets have the same size n and differ in one row;
 the set must have exactly n rows and the sensitivity is 2C/n.
 
+Private Evolution (:mod:`dpdeepsets.private_evolution`) releases something else about the
+same kind of set: T noisy nearest-candidate vote histograms, calibrated by
+:func:`pe_histogram_sigma`.
+
 Noise
 -----
 The noise comes from a :class:`dpdeepsets.noise.NoiseSource` (a secret key and the
@@ -71,10 +75,15 @@ __all__ = [
     "gdp_epsilon",
     "compose_releases",
     "compose_ledger",
+    "PE_HISTOGRAM_SENSITIVITY",
+    "pe_histogram_sigma",
 ]
 
 ADJACENCIES = ("add_remove", "replace_one")
 DPSGD_ACCOUNTANTS = ("gdp", "prv", "rdp")
+# Ledger mechanisms that are one Gaussian release of (sensitivity, sigma): DP-DeepSets' release,
+# and Private Evolution's T vote histograms recorded as the equivalent single release.
+GAUSSIAN_MECHANISMS = ("analytic_gaussian", "pe_vote_histogram")
 DPSGD_ADJACENCY = "add_remove"  # what opacus' accountants certify under Poisson sampling
 
 _SQRT2 = math.sqrt(2.0)
@@ -604,8 +613,9 @@ def compose_releases(ledger_entries: list[dict], delta: float) -> dict:
 def compose_ledger(entries: list[dict], delta: float) -> dict:
     """Composed (epsilon, delta) guarantee of every release and DP-SGD fit of one private set.
 
-    Each entry is a ledger row: a Gaussian release (``mechanism`` analytic_gaussian, with
-    sensitivity and sigma) or a DP-SGD fit (``mechanism`` starting with "dp-sgd", with
+    Each entry is a ledger row: a Gaussian release (``mechanism`` in :data:`GAUSSIAN_MECHANISMS`:
+    analytic_gaussian, or pe_vote_histogram for Private Evolution's T histograms as one
+    release of sensitivity sqrt(T) D; with sensitivity and sigma) or a DP-SGD fit (``mechanism`` starting with "dp-sgd", with
     noise_multiplier, sample_rate, steps).  Entries must share one adjacency.  Gaussian
     releases and full-batch DP-SGD fits only: exact Gaussian-DP composition
     (:func:`compose_releases`).  With subsampled DP-SGD fits: Renyi-DP composition of all
@@ -623,10 +633,10 @@ def compose_ledger(entries: list[dict], delta: float) -> dict:
     if not all(bool(e.get("private")) for e in entries):
         return {"n_entries": len(entries), "epsilon": math.inf, "delta": d,
                 "composition": "non-private entry"}
-    gaussian = [e for e in entries if e["mechanism"] == "analytic_gaussian"]
+    gaussian = [e for e in entries if e["mechanism"] in GAUSSIAN_MECHANISMS]
     sgd = [e for e in entries if str(e["mechanism"]).startswith("dp-sgd")]
     if len(gaussian) + len(sgd) != len(entries):
-        unknown = sorted({str(e["mechanism"]) for e in entries} - {"analytic_gaussian"})
+        unknown = sorted({str(e["mechanism"]) for e in entries} - set(GAUSSIAN_MECHANISMS))
         raise PrivacyError(f"cannot compose mechanisms {unknown}")
     # Full-batch DP-SGD (q = 1) is T Gaussian steps: (sqrt(T)/z)-GDP, one Gaussian release of
     # sensitivity 1 and sigma z/sqrt(T).
@@ -652,3 +662,41 @@ def compose_ledger(entries: list[dict], delta: float) -> dict:
         acc.compose(dpa.SelfComposedDpEvent(step, int(e["steps"])))
     return {"n_entries": len(entries), "epsilon": float(acc.get_epsilon(d)), "delta": d,
             "composition": "renyi DP (dp-accounting RDP accountant, upper bound)"}
+
+
+# --------------------------------------------------------------------------
+# Private Evolution: T noisy vote histograms
+# --------------------------------------------------------------------------
+# L2 sensitivity of one vote histogram (each example casts exactly one vote).
+PE_HISTOGRAM_SENSITIVITY = {"add_remove": 1.0, "replace_one": _SQRT2}
+
+
+def pe_histogram_sigma(epsilon: float, delta: float, iterations: int, adjacency: str) -> float:
+    """Per-iteration noise std of Private Evolution's vote histograms for (epsilon, delta)-DP.
+
+    Each of the T iterations releases h_t + N(0, sigma^2 I), h_t the histogram of votes of
+    the private examples for their nearest candidate
+    (:func:`dpdeepsets.private_evolution.vote_histogram`).  Every example casts exactly one
+    vote, so for fixed candidates h_t has L2 sensitivity Delta = 1 under add_remove (one
+    vote appears or disappears) and sqrt(2) under replace_one (one vote moves between two
+    bins) (:data:`PE_HISTOGRAM_SENSITIVITY`).  The candidates of iteration t depend on the
+    private data only through the earlier noisy histograms, so the T releases compose
+    adaptively as Gaussian DP: mu = sqrt(T) Delta / sigma (Dong, Roth & Su 2019, Cor. 3.3),
+    exactly the mu of ONE Gaussian release of sensitivity sqrt(T) Delta and std sigma.  Hence
+    sigma = analytic_gaussian_sigma(epsilon, delta, sqrt(T) Delta), exact (no slack).
+
+    Assumes the embedder and everything but the votes (base model, population size,
+    threshold, lookahead, strength schedule, T) are public and chosen without the private
+    data, and that the noise is fresh per iteration.  A ledger entry
+    {"mechanism": "analytic_gaussian", "sensitivity": sqrt(T) Delta, "sigma": sigma} composes
+    with :func:`compose_ledger` as the whole run.  epsilon = inf returns 0.0 (a non-private
+    reference).  Raises PrivacyError for epsilon <= 0, delta not in (0, 1), iterations not an
+    integer >= 1, or an unknown adjacency.
+    """
+    e = _check_epsilon(epsilon)
+    d = _check_delta(delta)
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 1:
+        raise PrivacyError(f"iterations must be an integer >= 1, got {iterations!r}")
+    if adjacency not in PE_HISTOGRAM_SENSITIVITY:
+        raise PrivacyError(f"adjacency must be one of {ADJACENCIES}, got {adjacency!r}")
+    return analytic_gaussian_sigma(e, d, math.sqrt(int(iterations)) * PE_HISTOGRAM_SENSITIVITY[adjacency])
