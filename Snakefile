@@ -15,7 +15,8 @@
 #   hypernet.smk   train_hypernet                  noise-aware DeepSets hypernetwork
 #   release.smk    noise_key, release_embedding    THE DP STEP (the secret key; the release)
 #   generate.smk   generate_lora, generate_public  release / public bank -> PEFT adapter
-#   baselines.smk  fit_baseline, fit_nonprivate    DP-SGD family and the non-private reference
+#   baselines.smk  fit_baseline, fit_nonprivate    DP-SGD family and the non-private references
+#   evolve.smk     private_evolution               the training-free peer (samples, no adapter)
 #   sample.smk     sample, sample_reference, sample_public   DDIM samples + their features
 #   evaluate.smk   private_set_features, score     FID / KID / PRDC / class histograms
 #   report.smk     report, sample_figure           tables, ledger, privacy budget, figures
@@ -39,6 +40,7 @@ include: "workflow/rules/hypernet.smk"
 include: "workflow/rules/release.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/baselines.smk"
+include: "workflow/rules/evolve.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"

@@ -27,11 +27,22 @@ determines the noise or the batches, and no seed is logged. The sampler
 (:mod:`dpdeepsets.privacy_audit.dpsgd`) runs the very code of this loop. Per-step losses of a DP fit
 are private and are never logged or stored.
 
-Optimizer. SGD with momentum by default: the update is linear in the noisy gradient, so a
-smaller signal gives a smaller expected step, and the learning rate tuned on public proxy
-sets (``tune_baselines``) sets the trade-off. Adam is kept as an option; it divides by the
-running gradient scale, which under strong noise is the noise's, and so takes steps of the
-same size whatever the signal (measured: every private set and epsilon gave the same LoRA).
+Optimizer and the field's recipe. ``sgd`` (with momentum), ``adam`` or ``adamw``
+(``weight_decay``), wrapped by opacus' DPOptimizer: the optimizer only sees the privatised
+gradient, so the choice costs no privacy. Strong DP fine-tuning of diffusion models
+(the published configs of DPDM, DP-LDM, DP-LoRA, DPImageBench) uses Adam(W) with a tiny clip
+norm (every per-example gradient is normalised; Adam's step does not shrink with C), full
+or near-full batches, noise multiplicity K and an EMA of the weights. With SGD the step
+is lr * C * (signal + noise) per step, so a small clip needs a large lr, and a fixed lr
+bounds how far T steps can move the LoRA (lr * C * T / (1 - momentum)): the old default
+(SGD, clip 0.02, 20 steps) never left the base model. Every one of these choices is a key
+of :class:`Hyper` that ``tune_baselines`` searches on public proxy sets, per method and
+epsilon; the measured comparison of the optimizers is docs/baselines.md's tuning table.
+
+EMA (``ema`` > 0): the exported LoRA is an exponential moving average of the iterates,
+``shadow <- d_t shadow + (1 - d_t) theta`` with the warm-up ``d_t = min(ema, (1 + t) /
+(10 + t))`` (so a short fit is not dominated by its start). Averaging iterates is
+post-processing of the privatised steps: free in privacy.
 
 Noise multiplicity. Each example of a step gets ``K`` independent (timestep, noise) draws;
 its gradient is the gradient of its *mean* denoising loss over the ``K`` draws, and that
@@ -65,9 +76,10 @@ from .methods import Method
 log = logging.getLogger(__name__)
 
 PARAMETRISATIONS = ("gauge_fixed", "full")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 EXACT_GRAD_SAMPLE_MODES = ("functorch",)
-HYPER_KEYS = ("steps", "batch_size", "lr", "momentum", "max_grad_norm", "noise_multiplicity", "optimizer")
+HYPER_KEYS = ("steps", "batch_size", "lr", "momentum", "max_grad_norm", "noise_multiplicity", "optimizer",
+              "ema", "weight_decay")
 
 
 # ---------------------------------------------------------------- hyperparameters
@@ -83,6 +95,8 @@ class Hyper:
     max_grad_norm: float
     noise_multiplicity: int
     optimizer: str = "sgd"
+    ema: float = 0.0  # EMA decay of the exported LoRA (0: the last iterate)
+    weight_decay: float = 0.0  # adamw only
     source: str = "baselines defaults"  # where the values came from (ledger, logs)
 
 
@@ -93,7 +107,7 @@ def hyperparameters(cfg: dict, method: str, epsilon: float) -> Hyper:
     method and epsilon if there is one (written by ``snakemake tune_baselines``, chosen on
     public proxy sets: no private data).
     """
-    values = {k: cfg[k] for k in HYPER_KEYS}
+    values = {k: cfg[k] for k in HYPER_KEYS if k in cfg}
     source = "baselines defaults"
     for entry in cfg.get("tuned") or []:
         if entry["method"] == method and float(entry["epsilon"]) == float(epsilon):
@@ -104,7 +118,8 @@ def hyperparameters(cfg: dict, method: str, epsilon: float) -> Hyper:
                  lr=float(values["lr"]), momentum=float(values["momentum"]),
                  max_grad_norm=float(values["max_grad_norm"]),
                  noise_multiplicity=int(values["noise_multiplicity"]),
-                 optimizer=str(values["optimizer"]), source=source)
+                 optimizer=str(values["optimizer"]), ema=float(values.get("ema", 0.0)),
+                 weight_decay=float(values.get("weight_decay", 0.0)), source=source)
 
 
 @dataclass(frozen=True)
@@ -241,14 +256,57 @@ class FitResult:
     b: dict[str, torch.Tensor]
     losses: list[float] = field(default_factory=list)  # non-private fits only
     privacy: dict | None = None  # DP fits: the accountant's numbers
+    # (steps, ema) -> (A, B) of the same run (``variants_at`` / ``variant_emas``): tuning reads
+    # several candidates off one fit; the DP guarantee of each is the run's (post-processing)
+    variants: dict = field(default_factory=dict)
 
 
 def _optimizer(params, hyper: Hyper):
     if hyper.optimizer == "adam":
         return torch.optim.Adam(params, lr=hyper.lr)
+    if hyper.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=hyper.lr, weight_decay=hyper.weight_decay)
     if hyper.optimizer == "sgd":
         return torch.optim.SGD(params, lr=hyper.lr, momentum=hyper.momentum)
     raise ValueError(f"baselines.optimizer must be one of {OPTIMIZERS}, got {hyper.optimizer!r}")
+
+
+class EMA:
+    """Exponential moving average of parameters, with the warm-up d_t = min(decay, (1+t)/(10+t)).
+
+    ``decay`` 0 keeps nothing: ``values()`` are the parameters themselves (the last iterate)."""
+
+    def __init__(self, params, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"baselines.ema must be in [0, 1), got {decay!r}")
+        self.decay, self.params, self.t = float(decay), list(params), 0
+        self.shadow = [p.detach().clone() for p in self.params] if decay > 0 else []
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if not self.shadow:
+            return
+        d = min(self.decay, (1 + self.t) / (10 + self.t))
+        for s, p in zip(self.shadow, self.params):
+            s.mul_(d).add_(p.detach(), alpha=1.0 - d)
+        self.t += 1
+
+    def values(self) -> list[torch.Tensor]:
+        return self.shadow if self.shadow else [p.detach() for p in self.params]
+
+
+@torch.no_grad()
+def _factors_with(model: "LoRAUNet", params, values) -> tuple[dict, dict]:
+    """The model's (A, B) with ``params`` temporarily set to ``values`` (cloned)."""
+    saved = [p.detach().clone() for p in params]
+    for p, v in zip(params, values):
+        p.copy_(v)
+    a, b = export_factors(model)
+    a = {k: v.clone() for k, v in a.items()}
+    b = {k: v.clone() for k, v in b.items()}
+    for p, v in zip(params, saved):
+        p.copy_(v)
+    return a, b
 
 
 def poisson_sample(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
@@ -289,7 +347,7 @@ def fit_lora(unet, scheduler, targets: list[L.Target], images: torch.Tensor, *,
              basis: dict[str, torch.Tensor], init: tuple[dict, dict] | None = None,
              dp: DPPlan | None = None, noise=None, public_images: torch.Tensor | None = None,
              public_batch_size: int = 32, grad_sample_mode: str = "functorch", draws_seed: int = 0, alpha_fn=alpha_schedule,
-             device="cpu", desc: str | None = None) -> FitResult:
+             device="cpu", desc: str | None = None, variant_emas=(), variants_at=()) -> FitResult:
     """Fit one LoRA on ``images`` (float NCHW in [-1, 1]); see the module docstring.
 
     ``init`` = (A, B) to start from (the public-pool LoRA when ``method.public_start``);
@@ -297,6 +355,11 @@ def fit_lora(unet, scheduler, targets: list[L.Target], images: torch.Tensor, *,
     be a fresh copy of the base model. ``dp`` (from :func:`plan_dp`) and ``noise`` (a
     :class:`dpdeepsets.noise.NoiseSource`) make the fit DP-SGD; without them it is a plain
     fit of ``hyper.steps`` minibatches (sampled from a generator seeded by ``draws_seed``).
+
+    Variants for tuning (``result.variants[(steps, ema)]``): the LoRA after ``variants_at``
+    steps (non-private fits only: a DP fit's noise is calibrated to its full step count),
+    averaged with each decay of ``variant_emas`` as well as ``hyper.ema``. Each variant
+    equals the fit with those ``steps`` / ``ema`` values run alone.
     """
     if (dp is None) != (noise is None):
         raise ValueError("a DP fit needs both a plan and a noise source")
@@ -310,6 +373,14 @@ def fit_lora(unet, scheduler, targets: list[L.Target], images: torch.Tensor, *,
     model.train()
     params = trainable(model)
     opt = _optimizer(params, hyper)
+    if dp is not None and any(int(t) != hyper.steps for t in variants_at):
+        raise ValueError("a DP fit has no intermediate variants: its noise is calibrated to "
+                         f"{hyper.steps} steps")
+    if any(not 1 <= int(t) <= hyper.steps for t in variants_at):
+        raise ValueError(f"variants_at {list(variants_at)} must lie in 1..{hyper.steps}")
+    emas = {d: EMA(params, d) for d in sorted({float(hyper.ema), *map(float, variant_emas)})}
+    ema = emas[float(hyper.ema)]
+    variants = {}
     n = images.shape[0]
     k = hyper.noise_multiplicity
     shape = tuple(images.shape[1:])
@@ -360,8 +431,16 @@ def fit_lora(unet, scheduler, targets: list[L.Target], images: torch.Tensor, *,
             if (step + 1) % 20 == 0 or step + 1 == hyper.steps:
                 log.info("step %d/%d loss %.4f", step + 1, hyper.steps,
                          sum(losses[-20:]) / len(losses[-20:]))
+        for e in emas.values():
+            e.update()
+        if step + 1 in {int(t) for t in variants_at} or (variants_at or variant_emas) and step + 1 == hyper.steps:
+            for d, e in emas.items():
+                variants[(step + 1, d)] = _factors_with(model, params, e.values())
         bar.update(1)
     bar.close()
+    with torch.no_grad():  # the exported LoRA: the average of the iterates (post-processing)
+        for p, v in zip(params, ema.values()):
+            p.copy_(v)
     info = None
     if dp is not None:
         opt.zero_grad(set_to_none=True)
@@ -369,7 +448,7 @@ def fit_lora(unet, scheduler, targets: list[L.Target], images: torch.Tensor, *,
         if hasattr(net, "_close"):
             net._close()
     a, b = export_factors(model)
-    return FitResult(a=a, b=b, losses=losses, privacy=info)
+    return FitResult(a=a, b=b, losses=losses, privacy=info, variants=variants)
 
 
 def private_step(opt, params, g_pub=None, a_t: float | None = None) -> None:
@@ -439,7 +518,8 @@ def ledger_entry(*, method: str, pset: str, seed: int, epsilon: float, delta: fl
     entry = {"pset": pset, "replicate": int(seed), "method": method, "n": int(n), "dim": int(dim),
              "clip_norm": hyper.max_grad_norm, "parametrisation": parametrisation,
              "noise_multiplicity": hyper.noise_multiplicity, "lr": hyper.lr,
-             "batch_size": hyper.batch_size, "hyperparameters": hyper.source}
+             "batch_size": hyper.batch_size, "optimizer": hyper.optimizer, "ema": hyper.ema,
+             "hyperparameters": hyper.source}
     if privacy is None:
         entry.update({"epsilon": math.inf, "delta": 0.0, "sigma": 0.0, "sensitivity": math.nan,
                       "adjacency": "none", "private": False, "noise_source": "none",

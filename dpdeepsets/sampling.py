@@ -80,3 +80,22 @@ def sample_loras(unet, scheduler, loras: list | None, *, num_samples: int, steps
         for j, i in enumerate(g):
             out[i] = images[j]
     return out
+
+
+def write_cells(cells, outs, grids, feature_outs, *, extractor, labeller=None, grid_size: int,
+                log=None) -> None:
+    """Write every cell's samples (.npz, uint8), its grid (.png) and its features (.npz:
+    Inception pool3 features and, with ``labeller``, the public classifier's labels): the
+    files every sampled cell has, whichever rule made its samples."""
+    from .data import atomic_savez, save_split
+    from .figures import save_image_grid
+
+    for images, out, grid, feat_out in zip(cells, outs, grids, feature_outs):
+        save_split(out, images, None)
+        save_image_grid(grid, images[: grid_size ** 2], ncols=grid_size)
+        arrays = {"features": extractor(images)}
+        if labeller is not None:
+            arrays["labels"] = labeller.predict(images)
+        atomic_savez(feat_out, arrays)
+        if log is not None:
+            log.info("wrote %s, %s and %s", out, grid, feat_out)

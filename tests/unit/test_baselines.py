@@ -274,3 +274,88 @@ def test_nonprivate_fit_reduces_the_loss(setup, images):
         after = D.example_losses(fitted, sched, images, t, noise).mean()
     assert res.privacy is None
     assert float(after) < 0.97 * float(before), (float(before), float(after))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_dp_loop_without_noise_or_clipping_is_the_nonprivate_loop(setup, images, optimizer, monkeypatch):
+    """The DP code path with noise multiplier 0 and a clip norm above every per-example gradient
+    norm (full batch: Poisson sampling at q = 1 takes every row) gives the non-private loop's
+    LoRA: the ceiling and the DP fits are the same loop, and only clipping and noise differ.
+    (The accountant has nothing to account for with z = 0; it is not what this test checks.)"""
+    unet, sched, targets, basis, *_ = setup
+    hyper = _hyper(steps=5, batch_size=24, lr=0.01 if optimizer == "adam" else 0.5,
+                   optimizer=optimizer, noise_multiplicity=2, max_grad_norm=1e6, ema=0.5)
+    ref = _fit(setup, images, "nonprivate", hyper=hyper)
+    plan = D.DPPlan(epsilon=math.inf, delta=1e-5, n=24, sample_rate=1.0, steps=5,
+                    noise_multiplier=0.0, max_grad_norm=1e6, accountant="gdp")
+    monkeypatch.setattr(D, "_accounted", lambda dp, mode: {})
+    dp = D.fit_lora(copy.deepcopy(unet), sched, targets, images, method=M.get("dpsgd"), hyper=hyper,
+                    rank=RANK, alpha=RANK, parametrisation="gauge_fixed", basis=basis, dp=plan,
+                    noise=_noise(), draws_seed=0)
+    moved = float(_flat(ref).norm())
+    assert moved > 1e-3  # the fit moved away from B = 0
+    assert float((_flat(dp) - _flat(ref)).norm()) < 1e-4 * moved
+    # and clipping is what the DP loop adds: a small clip norm changes the fit
+    clipped = D.fit_lora(copy.deepcopy(unet), sched, targets, images, method=M.get("dpsgd"),
+                         hyper=hyper, rank=RANK, alpha=RANK, parametrisation="gauge_fixed",
+                         basis=basis, noise=_noise(), draws_seed=0,
+                         dp=D.DPPlan(**{**plan.__dict__, "max_grad_norm": 1e-4}))
+    assert float((_flat(clipped) - _flat(ref)).norm()) > 0.05 * moved
+
+
+def test_variants_equal_fits_run_alone(setup, images):
+    """Tuning reads (steps, ema) candidates off one non-private fit: each equals the fit run alone."""
+    long = _fit(setup, images, "nonprivate",
+                hyper=_hyper(steps=6, batch_size=8, optimizer="adam", lr=0.01, ema=0.0))
+    unet, sched, targets, basis, *_ = setup
+    res = D.fit_lora(copy.deepcopy(unet), sched, targets, images, method=M.get("nonprivate"),
+                     hyper=_hyper(steps=6, batch_size=8, optimizer="adam", lr=0.01, ema=0.0),
+                     rank=RANK, alpha=RANK, parametrisation="gauge_fixed", basis=basis,
+                     draws_seed=0, variant_emas=(0.8,), variants_at=(3, 6))
+    assert set(res.variants) == {(3, 0.0), (3, 0.8), (6, 0.0), (6, 0.8)}
+    assert torch.equal(_flat(long), torch.cat([res.variants[(6, 0.0)][1][k].flatten() for k in sorted(res.b)]))
+    for steps, ema in ((3, 0.0), (3, 0.8), (6, 0.8)):
+        alone = _fit(setup, images, "nonprivate",
+                     hyper=_hyper(steps=steps, batch_size=8, optimizer="adam", lr=0.01, ema=ema))
+        got = torch.cat([res.variants[(steps, ema)][1][k].flatten() for k in sorted(res.b)])
+        assert torch.allclose(got, _flat(alone), atol=1e-7), (steps, ema)
+    with pytest.raises(ValueError, match="no intermediate variants"):
+        _fit_dp_with_variants(setup, images)
+
+
+def _fit_dp_with_variants(setup, images):
+    unet, sched, targets, basis, *_ = setup
+    hyper = _hyper(steps=4, batch_size=24)
+    plan = D.plan_dp(hyper, n=24, epsilon=2.0, delta=1e-5, accountant="auto", prv_max_epsilon=64)
+    return D.fit_lora(copy.deepcopy(unet), sched, targets, images, method=M.get("dpsgd"), hyper=hyper,
+                      rank=RANK, alpha=RANK, parametrisation="gauge_fixed", basis=basis, dp=plan,
+                      noise=_noise(), variants_at=(2,))
+
+
+def test_ema_warms_up_and_averages():
+    p = torch.nn.Parameter(torch.zeros(1))
+    e = D.EMA([p], 0.9)
+    seen = []
+    for t in range(30):
+        p.data.fill_(float(t + 1))
+        e.update()
+        seen.append(float(e.values()[0]))
+    d0 = min(0.9, 1 / 10)  # warm-up: the first update keeps only 10 % of the start
+    assert seen[0] == pytest.approx(d0 * 0 + (1 - d0) * 1)
+    assert all(a < b for a, b in zip(seen, seen[1:])) and seen[-1] < 30  # lags the iterates
+    assert float(D.EMA([p], 0.0).values()[0]) == float(p)  # 0: the last iterate
+    with pytest.raises(ValueError, match="baselines.ema"):
+        D.EMA([p], 1.0)
+
+
+def test_dp_adam_with_a_tiny_clip_moves_the_lora(setup, images):
+    """The field's recipe: with clip 1e-3 (every per-example gradient normalised) Adam still
+    takes lr-sized steps, so a DP fit at a large epsilon leaves B = 0 by about lr per step and
+    coordinate, where SGD at the same lr moves by lr * C: nothing."""
+    adam = _fit(setup, images, hyper=_hyper(steps=6, batch_size=24, optimizer="adam", lr=0.01,
+                                            max_grad_norm=1e-3, noise_multiplicity=1), epsilon=256.0)
+    sgd = _fit(setup, images, hyper=_hyper(steps=6, batch_size=24, optimizer="sgd", lr=0.01,
+                                           max_grad_norm=1e-3, noise_multiplicity=1), epsilon=256.0)
+    n = _flat(adam).numel()
+    assert float(_flat(adam).norm()) > 0.2 * 0.01 * math.sqrt(n)
+    assert float(_flat(sgd).norm()) < 1e-3 * float(_flat(adam).norm())

@@ -45,59 +45,117 @@ def test_tuned_entry_overrides_defaults_including_the_optimizer():
     assert other.lr == b["lr"] and other.source == "baselines defaults"
 
 
-def test_candidates_cover_the_grid_and_the_nonprivate_adam_grid():
+def test_candidates_are_the_union_of_the_grids_products():
     tune = _tune_module()
-    b = _cfg(lr=[0.1, 1.0], max_grad_norm=[0.02], steps=[20], nonprivate_steps=[20, 150],
-             nonprivate_adam_lr=[0.001, 0.01])["baselines"]
-    dp = tune._candidates(b, methods.get("dpsgd"))
-    assert sorted(c["lr"] for c in dp) == [0.1, 1.0] and all("optimizer" not in c for c in dp)
-    ref = tune._candidates(b, methods.get("nonprivate"))
-    assert len(ref) == 2 * 2 + 2 * 2
-    assert {(c["optimizer"], c["lr"], c["steps"]) for c in ref if c["optimizer"] == "adam"} == {
-        ("adam", 0.001, 20), ("adam", 0.001, 150), ("adam", 0.01, 20), ("adam", 0.01, 150)}
+    b = _cfg(grids=[{"optimizer": ["adam"], "lr": [0.001, 0.003], "max_grad_norm": [0.001], "ema": [0.0, 0.9]},
+                    {"optimizer": ["sgd"], "lr": [1.0], "max_grad_norm": [0.01]},
+                    {"optimizer": ["adam"], "lr": [0.001], "max_grad_norm": [0.001], "ema": [0.0]}],  # a duplicate
+             nonprivate_grids=[{"optimizer": ["adam"], "lr": [0.001, 0.01], "steps": [60, 150, 300]}])["baselines"]
+    dp = tune.candidates(b, methods.get("dpsgd"))
+    assert len(dp) == 4 + 1  # the duplicate counted once
+    assert {c["optimizer"] for c in dp} == {"adam", "sgd"}
+    ref = tune.candidates(b, methods.get("nonprivate"))
+    assert len(ref) == 2 * 3 and {c["steps"] for c in ref} == {60, 150, 300}
+
+
+def test_candidates_that_differ_in_ema_or_nonprivate_steps_share_one_fit():
+    tune = _tune_module()
+    cands = [{"lr": lr, "steps": st, "ema": e} for lr in (0.001, 0.01) for st in (60, 150) for e in (0.0, 0.9)]
+    dp_groups = tune.fit_groups(cands, dp=True)  # DP: steps change the calibration, ema does not
+    assert len(dp_groups) == 4 and all(len(m) == 2 for _, m in dp_groups)
+    np_groups = tune.fit_groups(cands, dp=False)  # non-private: snapshots of the longest fit
+    assert len(np_groups) == 2 and all(fit["steps"] == 150 and len(m) == 4 for fit, m in np_groups)
+
+
+def _choose(tmp_path, frames, grid=(1.0, 4.0)):
+    tune = _tune_module()
+    files = []
+    for i, df in enumerate(frames):
+        files.append(tmp_path / f"{i}.csv")
+        df.to_csv(files[-1], index=False)
+    context = tuned_context(load_config(ROOT / "config/config.yaml"))
+    args = types.SimpleNamespace(choose=[str(f) for f in files], out_chosen=str(tmp_path / "chosen.yaml"),
+                                 out_table=str(tmp_path / "table.csv"), tuned_for=json.dumps(context),
+                                 epsilons=json.dumps(list(grid)))
+    tune.choose(args, log=types.SimpleNamespace(info=lambda *a, **k: None))
+    return (yaml.safe_load((tmp_path / "chosen.yaml").read_text()), pd.read_csv(tmp_path / "table.csv"),
+            (tmp_path / "chosen.yaml").read_text(), context)
 
 
 def test_choose_picks_the_lowest_mean_proxy_fid_and_writes_valid_tuned_entries(tmp_path):
-    tune = _tune_module()
+    proxies = ["q0", "q1", "q2", "q3"]
     dp = pd.DataFrame([
-        {"method": "dpsgd", "proxy": q, "epsilon": 1.0, "lr": lr, "steps": 20, "max_grad_norm": 0.02,
-         "batch_size": 128, "noise_multiplicity": 1, "fid": fid, "kid": 0.01}
-        for q, lr, fid in [("q0", 0.1, 80), ("q1", 0.1, 70), ("q0", 1.0, 74), ("q1", 1.0, 77)]])
+        {"method": "dpsgd", "proxy": q, "epsilon": 1.0, "optimizer": "adam", "lr": lr, "steps": 60,
+         "max_grad_norm": 0.001, "ema": 0.0, "fid": fid + j, "kid": 0.01}
+        for j, q in enumerate(proxies) for lr, fid in [(0.001, 80), (0.003, 74), (0.01, 74.5)]])
     ref = pd.DataFrame([
-        {"method": "nonprivate", "proxy": "q0", "epsilon": math.inf, "lr": lr, "steps": 150,
-         "batch_size": 128, "noise_multiplicity": 1, "optimizer": opt, "fid": fid, "kid": 0.01}
-        for lr, opt, fid in [(1.0, "sgd", 78), (0.001, "adam", 72)]])
-    files = [tmp_path / "dp.csv", tmp_path / "ref.csv"]
-    dp.to_csv(files[0], index=False)
-    ref.to_csv(files[1], index=False)
-    context = tuned_context(load_config(ROOT / "config/config.yaml"))
-    args = types.SimpleNamespace(choose=[str(f) for f in files], out_chosen=str(tmp_path / "chosen.yaml"),
-                                 out_table=str(tmp_path / "table.csv"), tuned_for=json.dumps(context))
-    tune.choose(args, log=types.SimpleNamespace(info=lambda *a, **k: None))
-    chosen = yaml.safe_load((tmp_path / "chosen.yaml").read_text())["baselines"]
-    tuned = chosen["tuned"]
-    assert chosen["tuned_for"] == context  # the settings it was tuned at, for the guard below
-    by = {e["method"]: e for e in tuned}
-    assert by["dpsgd"]["lr"] == 0.1 and by["dpsgd"]["proxy_fid"] == 75.0  # mean over q0, q1: 75 < 75.5
-    assert by["nonprivate"]["optimizer"] == "adam" and by["nonprivate"]["epsilon"] == "inf"
-    assert "optimizer" not in by["dpsgd"]
+        {"method": "nonprivate", "proxy": q, "epsilon": math.inf, "lr": lr, "steps": 150,
+         "optimizer": "adam", "fid": fid + 3 * j, "kid": 0.01}
+        for j, q in enumerate(proxies) for lr, fid in [(0.001, 78), (0.01, 72)]])
+    base = pd.DataFrame([{"method": "base", "proxy": q, "epsilon": 0.0, "fid": 90.0 + j, "kid": 0.02}
+                         for j, q in enumerate(proxies)])
+    chosen, table, text, context = _choose(tmp_path, [dp, ref, base])
+    b = chosen["baselines"]
+    assert b["tuned_for"] == context  # the settings it was tuned at, for the guard below
+    by = {(e["method"], str(e["epsilon"])): e for e in b["tuned"]}
+    e1 = by[("dpsgd", "1.0")]
+    assert e1["lr"] == 0.003 and e1["proxy_fid"] == 75.5 and e1["optimizer"] == "adam"
+    assert e1["proxy_fid_lo"] < 75.5 < e1["proxy_fid_hi"]
+    # 0.01 is 0.5 worse on every proxy: a paired difference with zero spread is not a tie;
+    # 0.001 is worse by 6 on every proxy: not tied either
+    assert e1["tied"] == 0
+    # epsilon 4 was not tuned: the nearest tuned epsilon's values, and the provenance says so
+    e4 = by[("dpsgd", "4.0")]
+    assert e4["lr"] == 0.003 and "tuned at epsilon 1" in e4["provenance"]
+    assert by[("nonprivate", "inf")]["lr"] == 0.01
+    assert "base model on the proxy sets: FID 91.50" in text
     cfg = load_config(ROOT / "config/config.yaml")
-    cfg["baselines"]["tuned"] = tuned
+    cfg["baselines"]["tuned"] = b["tuned"]
     validate_config(cfg)  # the schema accepts what the target writes
-    assert baselines.hyperparameters(cfg["baselines"], "nonprivate", math.inf).optimizer == "adam"
-    table = pd.read_csv(tmp_path / "table.csv")
-    assert table.chosen.sum() == 2
+    assert baselines.hyperparameters(cfg["baselines"], "dpsgd", 4.0).lr == 0.003
+    assert table.chosen.sum() == 2 and set(table.method) == {"dpsgd", "nonprivate"}
+
+
+def test_choose_reports_a_flat_surface(tmp_path):
+    """Candidates whose paired difference to the chosen one is within the noise count as tied."""
+    rng = __import__("numpy").random.default_rng(0)
+    dp = pd.DataFrame([
+        {"method": "dpsgd", "proxy": f"q{j}", "epsilon": 1.0, "optimizer": "adam", "lr": lr,
+         "max_grad_norm": 0.001, "fid": 80 + 5 * j + rng.normal(0, 2), "kid": 0.01}
+        for j in range(4) for lr in (0.001, 0.003, 0.01)])
+    chosen, table, _, _ = _choose(tmp_path, [dp], grid=(1.0,))
+    assert chosen["baselines"]["tuned"][0]["tied"] == 2
+    assert table["tied_with_chosen"].sum() == 2
+
+
+def test_choose_writes_private_evolution_entries(tmp_path):
+    pe = pd.DataFrame([
+        {"method": "private_evolution", "proxy": f"q{j}", "epsilon": 1.0, "iterations": it,
+         "threshold": h, "fid": 90 - it - h / 10 + j, "kid": 0.01}
+        for j in range(3) for it in (1, 2) for h in (0.0, 4.0)])
+    chosen, _, _, _ = _choose(tmp_path, [pe], grid=(1.0,))
+    (entry,) = chosen["private_evolution"]["tuned"]
+    assert (entry["iterations"], entry["threshold"]) == (2, 4.0) and chosen["baselines"]["tuned"] == []
+    cfg = load_config(ROOT / "config/config.yaml")
+    cfg["private_evolution"]["tuned"] = chosen["private_evolution"]["tuned"]
+    validate_config(cfg)
+    from dpdeepsets import private_evolution as PE
+
+    params, source = PE.params_for(cfg["private_evolution"], 1.0, 25, 64)
+    assert (params.iterations, params.threshold, params.population) == (2, 4.0, 64) and "tuned" in source
 
 
 def test_default_config_carries_tuned_values_with_provenance():
     cfg = load_config(ROOT / "config/config.yaml")
     tuned = cfg["baselines"]["tuned"]
-    fitted = set(methods.names(producer="fit_baseline"))
+    fitted = {m for m in methods.names(producer="fit_baseline") if not methods.get(m).bank_recipe}
     assert {e["method"] for e in tuned} == fitted
     eps = {float(e) for e in cfg["privacy"]["epsilons"]}
     for m in fitted - {"nonprivate"}:
         assert {float(e["epsilon"]) for e in tuned if e["method"] == m} == eps, m
-    assert all("proxy_fid" in e for e in tuned)
+    pe = cfg["private_evolution"]["tuned"]
+    assert {float(e["epsilon"]) for e in pe} == eps
+    assert all("proxy_fid" in e and "provenance" in e for e in tuned + pe)
 
 
 @pytest.mark.parametrize("bad", [{"optimizer": "rmsprop"}])

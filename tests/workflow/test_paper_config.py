@@ -32,10 +32,21 @@ def _place_inputs(root: Path):
                  b"filenames": [f"{i}.png".encode() for i in range(20)]}
         with open(cifar / name, "wb") as fh:
             pickle.dump(batch, fh)
+    # ImageNet32 as it is downloaded (pickled batches, labels 1..1000), converted by the
+    # command docs/paper.md gives, so that this test runs the converter as a user would.
+    batches = root / "Imagenet32_train"
+    batches.mkdir()
+    for i in range(1, 11):
+        data = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
+        with open(batches / f"train_data_batch_{i}", "wb") as fh:
+            pickle.dump({"data": data, "labels": rng.integers(1, 1001, 4).tolist(),
+                         "mean": data.mean(0)}, fh)
     imagenet = root / "imagenet32" / "train_32x32.npz"
-    imagenet.parent.mkdir()
-    np.savez(imagenet, images=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
-             labels=rng.integers(0, 1000, 40))
+    convert = subprocess.run([sys.executable, "-m", "dpdeepsets.data.imagenet32", str(batches),
+                              str(imagenet), "--split", "train"], cwd=ROOT, capture_output=True,
+                             text=True)
+    assert convert.returncode == 0, convert.stderr[-2000:]
+    assert "40 images from 10 file(s)" in convert.stdout, convert.stdout
     from diffusers import UNet2DModel
 
     unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 16),
@@ -87,7 +98,8 @@ def expected_counts(cfg):
     whole finite grid (release_embedding per set and seed, generate_lora / fit_baseline /
     sample per method, set and seed); the epsilon = inf reference cells have jobs of their own
     (release_reference, generate_lora_reference, sample_reference, fit_nonprivate); a
-    public-only method has one cell per seed; scoring is one job per method.
+    public-only method has one cell per seed; scoring is one job per method. Private
+    Evolution's rule makes its samples itself (one job per set and seed, every finite epsilon).
     """
     from dpdeepsets import methods as M
 
@@ -96,6 +108,7 @@ def expected_counts(cfg):
     methods = [M.get(m) for m in cfg["evaluation"]["methods"]]
     release = [m for m in methods if m.privacy == "dp_release"]
     dp_sgd = [m for m in methods if m.privacy == "dp_sgd"]
+    evolved = [m for m in methods if m.producer == "evolve"]  # samples from their own DP rule
     public = [m for m in methods if m.privacy == "public_only"]
     nonprivate = [m for m in methods if m.privacy == "nonprivate"]
     per_set = psets * seeds
@@ -113,6 +126,7 @@ def expected_counts(cfg):
         "fit_public_pool_lora": 1 if any(m.public_start for m in dp_sgd) else 0,
         "fit_baseline": len(dp_sgd) * per_set,
         "fit_nonprivate": len(nonprivate) * per_set,
+        "private_evolution": len(evolved) * per_set,
         "sample": (len(release) + len(dp_sgd)) * per_set,
         "sample_reference": (len(release) * inf_ref + len(nonprivate)) * per_set,
         "sample_public": len(public) * seeds,
@@ -156,7 +170,7 @@ def test_paper_dag_job_counts(placeholders, tmp_path):
         gpus.setdefault(block.split(":")[0], set()).add(int(m.group(1)) if m else 0)
     for rule in ("pretrain_base", "fit_bank_shard", "fit_public_pool_lora", "fit_baseline",
                  "fit_nonprivate", "sample", "sample_reference", "sample_public", "embed",
-                 "private_set_features", "train_hypernet"):
+                 "private_set_features", "train_hypernet", "private_evolution"):
         assert gpus[rule] == {1}, (rule, gpus[rule])
     assert gpus["release_embedding"] == {0}
 
@@ -187,9 +201,9 @@ def test_missing_input_named_before_any_job(placeholders, tmp_path, key):
 
 
 def test_sampling_change_reruns_only_downstream(placeholders, tmp_path):
-    """On the paper DAG (fewer sets, epsilons and seeds, to keep it quick): only the sampling
-    rules are given the sampling settings, and once every output exists, rerunning them
-    replans only what consumes samples. (tests/workflow/test_pipeline.py checks the same through Snakemake's
+    """On the paper DAG (fewer sets, epsilons and seeds, to keep it quick): only the rules
+    that sample are given the sampling settings (Private Evolution samples in its own DP
+    rule), and once every output exists, rerunning them replans only what consumes samples. (tests/workflow/test_pipeline.py checks the same through Snakemake's
     params trigger on a real run of the tiny config.)"""
     small = {"subsets.num_private": 2, "privacy.epsilons": [1, 1024], "evaluation.seeds": [0]}
     base_cfg = _paper_config(tmp_path, placeholders, **small)
@@ -200,19 +214,18 @@ def test_sampling_change_reruns_only_downstream(placeholders, tmp_path):
         m = re.search(r"--settings '(\{.*?\})'", block)
         if m and "sampling" in json.loads(m.group(1)):
             readers.add(block.split(":")[0])
-    assert readers == {"sample", "sample_reference", "sample_public"}, readers
+    samplers = ("sample", "sample_reference", "sample_public", "private_evolution")
+    assert readers == set(samplers), readers
     _materialise(out)
     touch = subprocess.run([sys.executable, "-m", "snakemake", "--touch", "--cores", "1",
                             "--configfile", str(base_cfg)], cwd=ROOT, capture_output=True, text=True)
     assert touch.returncode == 0, (touch.stdout + touch.stderr)[-3000:]
-    proc, out = _dry_run("--configfile", str(base_cfg), "--forcerun", "sample", "sample_reference",
-                         "sample_public")
+    proc, out = _dry_run("--configfile", str(base_cfg), "--forcerun", *samplers)
     assert proc.returncode == 0, out[-3000:]
     counts = _job_counts(out)
     expected = expected_counts(yaml.safe_load(base_cfg.read_text()))
     assert counts == {rule: expected[rule] for rule in
-                      ("sample", "sample_reference", "sample_public", "score",
-                       "report", "sample_figure", "all")}, counts
+                      (*samplers, "score", "report", "sample_figure", "all")}, counts
 
 
 def _materialise(dry_run_out: str):

@@ -213,6 +213,37 @@ def test_sampling_change_reruns_only_downstream(tiny_run, tiny_key, tmp_path):
                      "sample_figure", "all"}, rules
 
 
+def test_conda_env_mirrors_the_venv_and_is_not_advertised():
+    """The venv is the supported deployment (docs/operations.md#deployment). The conda env of
+    every rule mirrors it for --use-conda: its pip paths (relative to the env file, where conda
+    runs pip) name the pinned requirements, the lock and the package; the catalog does not
+    advertise conda, because no conda channel is reachable where this project is tested."""
+    import yaml
+
+    catalog = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())
+    assert catalog["usage"]["software-stack-deployment"].get("conda") is False
+    env_file = ROOT / "workflow" / "envs" / "dpdeepsets.yaml"
+    env = yaml.safe_load(env_file.read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    paths = {flag: (env_file.parent / arg).resolve() for flag, arg in (x.split() for x in pip)}
+    assert paths == {"-r": ROOT / "requirements.txt", "-c": ROOT / "requirements.lock", "-e": ROOT}
+    assert (ROOT / "pyproject.toml").is_file() and "python=3.11" in env["dependencies"]
+
+
+def test_use_conda_does_not_put_the_venv_first():
+    """Without --use-conda every job runs with the venv's bin first on PATH; with it, the
+    job's conda env must come first, so the workflow adds no PATH prefix."""
+    from snakemake.settings.types import DeploymentMethod  # noqa: F401  (the API the workflow reads)
+
+    common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    assert "if not USE_CONDA:\n    shell.prefix(" in common
+    assert "USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method" in common
+    rules = sorted((ROOT / "workflow" / "rules").glob("*.smk"))
+    shells = sum(smk.read_text().count("    shell:") for smk in rules)
+    condas = sum(smk.read_text().count("    conda:\n        ENV") for smk in rules)
+    assert condas == shells, "every rule that runs a command declares the conda env"
+
+
 @pytest.mark.slow
 def test_lint_clean():
     proc = subprocess.run([*SNAKEMAKE, "--lint"], cwd=ROOT, capture_output=True, text=True)

@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, validate
 
 from dpdeepsets import methods as M
-from dpdeepsets.config import (ConfigError, check_consistency, check_paths, check_tuned,
-                               describe_validation_error, tuned_context)
+from dpdeepsets.config import (ConfigError, check_consistency, check_own_data, check_paths,
+                               check_tuned, class_histogram_enabled, describe_validation_error,
+                               tuned_context)
 from dpdeepsets.io import format_epsilon
 
 min_version("9.0")
@@ -23,6 +25,7 @@ try:
     validate(config, "../schemas/config.schema.yaml")
     check_consistency(config)
     check_paths(config)
+    check_own_data(config)
     check_tuned(config)
 except WorkflowError as exc:
     cause = exc.__context__  # the jsonschema ValidationError that validate() caught
@@ -33,9 +36,13 @@ except ConfigError as exc:
     raise WorkflowError(f"config error: {exc}") from None
 
 
-# Jobs run the stage scripts with the interpreter that runs Snakemake (the project's venv),
-# by the workflow's own path (so --directory and use as a module work).
-shell.prefix(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; ")
+# Jobs run the stage scripts by the workflow's own path (so --directory and use as a module
+# work) with the interpreter that runs Snakemake (the project's venv: the supported
+# deployment, docs/operations.md#deployment), except under --use-conda, where each job's
+# own conda env (ENV: the same pinned set and the package) must come first on its PATH.
+USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+if not USE_CONDA:
+    shell.prefix(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; ")
 SCRIPTS = os.path.join(workflow.basedir, "workflow", "scripts")
 ENV = "../envs/dpdeepsets.yaml"
 
@@ -57,13 +64,18 @@ def stage_resources(stage):
     return {k: v for k, v in config["resources"][stage].items() if v is not None}
 
 
-def settings(*sections):
+def settings(*sections, untuned=False):
     """The config sections a script reads, as one shell-quoted JSON argument.
     Passing them as params means a changed section reruns exactly the rules that read it.
+    ``untuned``: without baselines.tuned (the tuning jobs search around the defaults, so
+    pasting their result into the config must not rerun them).
     """
     chosen = {s: config[s] for s in sections}
     if "baselines" in chosen:  # tuned_for is checked when the config loads; it changes no fit
-        chosen["baselines"] = {k: v for k, v in chosen["baselines"].items() if k != "tuned_for"}
+        drop = {"tuned_for", "tuned"} if untuned else {"tuned_for"}
+        chosen["baselines"] = {k: v for k, v in chosen["baselines"].items() if k not in drop}
+    if "private_evolution" in chosen and untuned:
+        chosen["private_evolution"] = {k: v for k, v in chosen["private_evolution"].items() if k != "tuned"}
     return shlex.quote(json.dumps(chosen, sort_keys=True))
 
 
@@ -120,6 +132,8 @@ def alternatives(names):
 
 
 GRID = methods_where(lambda m: m.has_grid)  # one job per (method, set, seed) over FINITE_EPSILONS
+EVOLVED = methods_where(lambda m: m.producer == "evolve")  # samples made by their own DP rule
+SAMPLED_GRID = [m for m in GRID if m not in EVOLVED]  # grid methods whose adapters rule sample samples
 RELEASE_METHODS = methods_where(lambda m: m.privacy == "dp_release")
 GENERATED = methods_where(lambda m: m.producer == "generate")
 FITTED_DP = methods_where(lambda m: m.privacy == "dp_sgd")
@@ -232,7 +246,7 @@ SAMPLE_SHELL = (
 )
 
 
-CLASS_HISTOGRAM = config["evaluation"]["class_histogram"]
+CLASS_HISTOGRAM = class_histogram_enabled(config)  # auto: on when both pools carry labels
 # The ONNX export of the Inception network (rule inception_onnx), for the fast CPU runtime.
 INCEPTION_CACHE = f"{R}/cache/inception"
 USE_ONNX = config["evaluation"]["inception_runtime"] in ("auto", "onnxruntime")
@@ -252,7 +266,7 @@ def inception_flag(wildcards, input):
 FEATURE_FILES = sorted({features_path(*c) for c in cells()})
 RELEASE_FILES = sorted({release_path(p, e, s) for m, p, e, s in cells() if m in RELEASE_METHODS})
 FIT_LEDGER_FILES = sorted({ledger_path(m, p, e, s) for m, p, e, s in cells()
-                           if M.get(m).producer == "fit_baseline"})
+                           if M.get(m).producer in ("fit_baseline", "evolve")})
 SCORE_FILES = [f"{R}/eval/scores/{m}.csv" for m in METHODS]
 
 # The released sample figure shows DP and public-only cells only: epsilon = inf cells are

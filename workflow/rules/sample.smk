@@ -12,7 +12,7 @@ rule sample:
         grids=per_epsilon(f"{R}/samples/{{method}}/{{pset}}/eps{{eps}}_seed{{seed}}.png"),
         features=per_epsilon(f"{R}/features/{{method}}/{{pset}}/eps{{eps}}_seed{{seed}}.npz"),
     wildcard_constraints:
-        method=alternatives(GRID),
+        method=alternatives(SAMPLED_GRID),
         pset=r"p\d+",
     params:
         settings=settings("sampling", "evaluation"),

@@ -4,14 +4,38 @@
 #
 #   snakemake --cores 2 tune_baselines     # -> results/tuning/chosen.yaml (paste into baselines.tuned)
 
-TUNED_METHODS = [m for m in M.names(producer="fit_baseline")]
+TUNED_METHODS = [m for m in M.names() if M.get(m).producer in ("fit_baseline", "evolve")
+                 and not M.get(m).bank_recipe]  # the bank-recipe reference is untuned by definition
+TUNING_REFERENCE = "base"  # scored on every proxy: what a tuned method must beat
+
+
+def tuning_inputs(wildcards):
+    m = M.get(wildcards.method)
+    if m.producer == "evolve":  # votes of the proxy set's embeddings, the public embedder
+        return {"embeddings": f"{R}/embeddings/validation.npy",
+                "projection": f"{R}/embedder/projection.npz"}
+    return baseline_inputs(wildcards) if m.producer == "fit_baseline" else {}
+
+
+def tuning_flags(wildcards, input):
+    flags = [f"--{k} {input[k]}" for k in ("embeddings", "projection") if k in input.keys()]
+    return " ".join(flags + [baseline_flags(wildcards, input)])
+
+
+def tuning_settings(wildcards):
+    """The sections the method's tuning reads (so a change to another method's grid does not
+    rerun it), without the tuned values (the search is around the defaults)."""
+    producer = M.get(wildcards.method).producer
+    extra = {"fit_baseline": ("baselines", "lora"), "evolve": ("private_evolution", "embedder")}
+    return settings("privacy", "sampling", "evaluation", "subsets", *extra.get(producer, ()),
+                    untuned=True)
 PROXIES = [f"q{i}" for i in range(config["baselines"]["tuning"]["proxies"])]
 
 
 rule tune_baselines_proxy:
-    """Public: every candidate of baselines.tuning for one method on one proxy set, at every epsilon."""
+    """Public: every tuning candidate of one method (or the base model) on one proxy set, at every tuned epsilon."""
     input:
-        unpack(baseline_inputs),
+        unpack(tuning_inputs),
         unpack(inception_input),
         base=f"{R}/base",
         validation=f"{R}/data/validation.npz",
@@ -21,8 +45,8 @@ rule tune_baselines_proxy:
     wildcard_constraints:
         proxy=r"q\d+",
     params:
-        settings=settings("baselines", "lora", "privacy", "sampling", "evaluation", "subsets"),
-        flags=baseline_flags,
+        settings=tuning_settings,
+        flags=tuning_flags,
         inception=inception_flag,
     threads: THREADS_HEAVY
     resources:
@@ -43,12 +67,14 @@ rule tune_baselines_proxy:
 rule tune_baselines:
     """Public: the best candidate per (method, epsilon) by mean proxy FID -> baselines.tuned entries."""
     input:
-        expand(f"{R}/tuning/{{method}}/{{proxy}}.csv", method=TUNED_METHODS, proxy=PROXIES),
+        expand(f"{R}/tuning/{{method}}/{{proxy}}.csv", method=TUNED_METHODS + [TUNING_REFERENCE],
+               proxy=PROXIES),
     output:
         chosen=f"{R}/tuning/chosen.yaml",
         table=f"{R}/tuning/summary.csv",
     params:
         tuned_for=shlex.quote(json.dumps(tuned_context(config), sort_keys=True)),
+        epsilons=shlex.quote(json.dumps(config["privacy"]["epsilons"])),
     resources:
         **stage_resources("light"),
     conda:
@@ -57,4 +83,5 @@ rule tune_baselines:
         f"{R}/logs/tuning/choose.log",
     shell:
         f"python {SCRIPTS}/tune_baselines.py --choose {{input}} --out-chosen {{output.chosen}}"
-        " --out-table {output.table} --tuned-for {params.tuned_for} > {log} 2>&1"
+        " --out-table {output.table} --tuned-for {params.tuned_for} --epsilons {params.epsilons}"
+        " > {log} 2>&1"

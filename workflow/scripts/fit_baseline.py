@@ -4,7 +4,9 @@
 --method M           a registered method whose producer is fit_baseline (dpdeepsets.methods):
                      the DP-SGD methods (dpsgd, public_ft_dpsgd, pda_dpmd: one independent fit
                      per --epsilon, noise and Poisson batches from the secret key) or the
-                     NON-private nonprivate reference (--epsilon inf)
+                     NON-private nonprivate reference (--epsilon inf); bank_recipe_lora: the
+                     private set fitted with the public LoRA bank's own recipe
+                     (dpdeepsets.lora.fit_loras with the lora section), NON-private too
 --public-pool        the non-private LoRA of the PUBLIC pool (the start of the public_start methods)
 
 DP fits are a DP step: they read private data and write adapters whose privacy is accounted
@@ -98,17 +100,26 @@ def main():
                                      accountant=cfg["accountant"], prv_max_epsilon=cfg["prv_max_epsilon"])
             source = noise.noise_source(priv["noise"], args.key, noise.cell_identity(
                 mechanism="dp_sgd", method=method.name, pset=pset, epsilon=eps, seed=args.seed))
+        if method.bank_recipe:  # exactly the bank's fitter and settings, on the private set
+            hyper = baselines.Hyper(steps=lcfg["steps"], batch_size=lcfg["batch_size"], lr=lcfg["lr"],
+                                    momentum=0.0, max_grad_norm=math.inf, noise_multiplicity=1,
+                                    optimizer="adam", source="the LoRA bank's recipe (lora.*)")
         log.info("%s on %s: %d images, %d steps, batch %d, lr %g (%s), epsilon %s", method.name,
                  pset, images.shape[0], hyper.steps, hyper.batch_size, hyper.lr, hyper.source, text)
         with Stopwatch(log, f"{method.name} fit"):
-            result = baselines.fit_lora(
-                unet, scheduler, targets, images.to(device), method=method, hyper=hyper,
-                rank=lcfg["rank"], alpha=lcfg["alpha"], parametrisation=cfg["parametrisation"],
-                basis=basis, init=init, dp=plan, noise=source, public_images=public,
-                public_batch_size=cfg["pda_public_batch_size"],
-                grad_sample_mode=cfg["grad_sample_mode"],
-                draws_seed=derive_seed(cfg["seed"], "fit", method.name, pset, text, args.seed),
-                device=device, desc=f"{method.name} {pset} eps{text}")
+            if method.bank_recipe:
+                result = _bank_recipe_fit(unet, scheduler, targets, basis, images.to(device), lcfg,
+                                          seed=derive_seed(cfg["seed"], "bank_recipe", pset, args.seed),
+                                          device=device, desc=f"{method.name} {pset}")
+            else:
+                result = baselines.fit_lora(
+                    unet, scheduler, targets, images.to(device), method=method, hyper=hyper,
+                    rank=lcfg["rank"], alpha=lcfg["alpha"], parametrisation=cfg["parametrisation"],
+                    basis=basis, init=init, dp=plan, noise=source, public_images=public,
+                    public_batch_size=cfg["pda_public_batch_size"],
+                    grad_sample_mode=cfg["grad_sample_mode"],
+                    draws_seed=derive_seed(cfg["seed"], "fit", method.name, pset, text, args.seed),
+                    device=device, desc=f"{method.name} {pset} eps{text}")
         dim = sum(t.out_features * lcfg["rank"] + (t.fan_in * lcfg["rank"]
                                                    if cfg["parametrisation"] == "full" else 0)
                   for t in targets)
@@ -124,6 +135,18 @@ def main():
         lora.save_peft_adapter(out, targets, result.a, result.b, rank=lcfg["rank"],
                                alpha=lcfg["alpha"], extra_meta=meta)
         log.info("wrote adapter %s (%d trainable LoRA parameters)", out, dim)
+
+
+def _bank_recipe_fit(unet, scheduler, targets, basis, images, lcfg, *, seed, device, desc):
+    """One LoRA fitted by the public bank's own fitter (dpdeepsets.lora.fit_loras) and settings."""
+    from dpdeepsets import baselines, lora
+
+    layers = lora.attach(unet, targets, basis, lcfg["alpha"] / lcfg["rank"])
+    b = lora.fit_loras(unet, scheduler, layers, targets, [images], [0], rank=lcfg["rank"],
+                       steps=lcfg["steps"], batch_size=lcfg["batch_size"], lr=lcfg["lr"], seed=seed,
+                       desc=desc, device=device)
+    lora.detach(unet, layers)
+    return baselines.FitResult(a={k: v.cpu() for k, v in basis.items()}, b={k: v[0] for k, v in b.items()})
 
 
 def _start(factors, targets, basis, cfg, path, device):

@@ -36,9 +36,7 @@ def main():
     log = setup_logging("sample")
     set_threads(args.threads)
     from dpdeepsets import classifier, diffusion, sampling
-    from dpdeepsets.data import atomic_savez, save_split
     from dpdeepsets.metrics import InceptionFeatures
-    from dpdeepsets.figures import save_image_grid
 
     device = pick_device()
     unet, scheduler = diffusion.load_base(args.base)
@@ -51,15 +49,9 @@ def main():
                                   runtime=args.inception_runtime, cache_dir=args.inception_cache,
                                   threads=args.threads)
     labeller = classifier.load(args.classifier) if args.classifier else None
-    for images, out, grid, feat_out in zip(cells, args.out, args.out_grid, args.out_features):
-        save_split(out, images, None)
-        save_image_grid(grid, images[: s["grid_size"] ** 2], ncols=s["grid_size"])
-        with Stopwatch(log, f"Inception features of {len(images)} samples"):
-            arrays = {"features": extractor(images)}
-        if labeller is not None:
-            arrays["labels"] = labeller.predict(images)
-        atomic_savez(feat_out, arrays)
-        log.info("wrote %s, %s and %s", out, grid, feat_out)
+    with Stopwatch(log, f"Inception features of {len(cells)} x {s['num_samples']} samples"):
+        sampling.write_cells(cells, args.out, args.out_grid, args.out_features, extractor=extractor,
+                             labeller=labeller, grid_size=s["grid_size"], log=log)
 
 
 if __name__ == "__main__":
