@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 
+from _header import print_log_header  # benchmarks/_header.py: command, commit, date
+
 CODE = ("import sys; from dpdeepsets import privacy as P; "
         "print(P.dpsgd_noise_multiplier(float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), "
         "int(sys.argv[4]), sys.argv[5]))")
@@ -39,6 +41,7 @@ def main():
     p.add_argument("--configfile", default="config/paper.yaml")
     p.add_argument("--timeout", type=float, default=60)
     args = p.parse_args()
+    print_log_header(__file__)
     import yaml
 
     from dpdeepsets import privacy as P

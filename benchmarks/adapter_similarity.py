@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _header import print_log_header  # benchmarks/_header.py: command, commit, date
+
 CELL = re.compile(r"eps(?P<eps>[0-9.]+)_seed(?P<seed>\d+)$")
 
 
@@ -64,6 +66,7 @@ def main():
     p.add_argument("results", nargs="?", default="results")
     p.add_argument("--methods", nargs="+", default=["dpsgd", "public_ft_dpsgd", "pda_dpmd"])
     args = p.parse_args()
+    print_log_header(__file__)
     import pandas as pd
 
     rows = table(Path(args.results), args.methods)

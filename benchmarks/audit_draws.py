@@ -23,9 +23,7 @@ model moves these moments long before it moves the bound).
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,16 +34,10 @@ from scipy.stats import mannwhitneyu
 from dpdeepsets.privacy_audit import dpsgd as D
 from dpdeepsets.privacy_audit import stats as S
 
+from _header import log_header  # benchmarks/_header.py: command, commit, date
+
 ROWS = [(1.0, "correct"), (1.0, "noise multiplier halved"), (4.0, "correct"),
         (4.0, "noise multiplier halved")]
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _moments(scores: np.ndarray, included: np.ndarray) -> tuple[float, float, float, float, int, int]:
@@ -72,8 +64,9 @@ def main(argv=None) -> int:
         print(line, flush=True)
         lines.append(line)
 
-    out(f"$ python benchmarks/audit_draws.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
-    out(f"commit {_commit()}, {datetime.date.today()}; Poisson q=0.25, T=20, linear workload, "
+    for line in log_header(__file__, argv):
+        out(line)
+    out(f"Poisson q=0.25, T=20, linear workload, "
         f"{args.canaries} canaries x {args.runs} runs per draw, draws {args.first_draw}.."
         f"{args.first_draw + args.draws - 1} per row, "
         f"delta={args.delta}, alpha={args.alpha}")

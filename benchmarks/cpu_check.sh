@@ -11,7 +11,8 @@ PY=${PYTHON:-.venv/bin/python}
 LOG=${1:-benchmarks/results/cpu_check.log}
 mkdir -p "$(dirname "$LOG")"
 {
-  echo "# $(date -u +%FT%TZ)  $(nproc) cores  load: $(cut -d' ' -f1-3 /proc/loadavg)"
+  "$PY" benchmarks/_header.py bash benchmarks/cpu_check.sh "$@"  # command, commit, date
+  echo "# $(nproc) cores  load: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "== LoRA-fit throughput (default config, S = lora.shard_size, 2 threads)"
   "$PY" benchmarks/lora_fit_throughput.py --device cpu --threads 2 --profile
   echo "== DP-SGD step vs non-private step (1 thread)"

@@ -21,6 +21,8 @@ import math
 import numpy as np
 import torch
 
+from _header import print_log_header  # benchmarks/_header.py: command, commit, date
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,6 +33,7 @@ def main():
     p.add_argument("--epsilons", nargs="+", type=float, default=[16, 64, 256, 1024, 4096, 16384])
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
+    print_log_header(__file__)
     torch.set_num_threads(args.threads)
     from dpdeepsets import baselines as D
     from dpdeepsets import data, diffusion, lora, methods, noise, sampling, scores

@@ -17,6 +17,8 @@ import warnings
 
 import torch
 
+from _header import print_log_header  # benchmarks/_header.py: command, commit, date
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,6 +26,7 @@ def main():
     p.add_argument("--steps", type=int, default=5, help="timed steps per variant (after 1 warm-up)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    print_log_header(__file__)
     torch.set_num_threads(args.threads)
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer

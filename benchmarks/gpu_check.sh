@@ -2,7 +2,10 @@
 # One prepared GPU check (run on a lent GPU machine from the repo root): LoRA-fit throughput
 # of the sequential peft loop, the batched fitter and the limit, on CUDA.
 # Wheels missing on the GPU image travel in .whl/ (see README "GPU").
+#   bash benchmarks/gpu_check.sh > benchmarks/results/gpu_check_<gpu>.log
+# A copy of the tree without .git: set BENCHMARK_COMMIT (benchmarks/_header.py) for the log's commit line.
 set -euo pipefail
+python3 benchmarks/_header.py bash benchmarks/gpu_check.sh "$@"  # command, commit, date
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl

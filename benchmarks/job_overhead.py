@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from _header import print_log_header  # benchmarks/_header.py: command, commit, date
+
 
 def job_table(results: Path) -> pd.DataFrame:
     """One row per job: rule, job seconds (benchmark), start-up seconds (access record)."""
@@ -49,6 +51,7 @@ def main(results: str = "results") -> None:
                                    startup_s=("startup_s", "sum"), recorded=("recorded", "all"))
     table["startup_share"] = (table.startup_s / table.job_s).map("{:.0%}".format)
     pd.set_option("display.width", 120)
+    print_log_header(__file__)
     print(table.sort_values("job_s", ascending=False).round(1).to_string())
     total, startup = df.s.sum(), df.startup_s.sum()
     print(f"\n{len(df)} jobs, {total:.0f} job-seconds, of which start-up {startup:.0f} s: "

@@ -25,6 +25,8 @@ import time
 
 import torch
 
+from _header import print_log_header  # benchmarks/_header.py: command, commit, date
+
 
 def _timed(fn, warmup, reps):
     for _ in range(warmup):
@@ -46,6 +48,7 @@ def main():
     p.add_argument("--reps", type=int, default=3, help="timed steps per measurement")
     p.add_argument("--profile", action="store_true", help="print the top operators of one (a) and one (b) step")
     args = p.parse_args()
+    print_log_header(__file__)
     torch.set_num_threads(args.threads)
     from peft import LoraConfig, inject_adapter_in_model
 

@@ -36,6 +36,8 @@ from dpdeepsets import privacy as P
 from dpdeepsets import privacy_audit as A
 from dpdeepsets.config import load_config
 
+from _header import log_header  # benchmarks/_header.py: command, commit, date
+
 HEADER = (f"{'mechanism':<9} | {'setting':<48} | {'code':<30} | {'eps claimed':>11} | "
           f"{'accountant / calibration':<28} | {'lower bound':>11} | {'ideal':>5} | {'ceiling':>7} | verdict")
 
@@ -160,7 +162,8 @@ def main(argv=None) -> int:
     pr = cfg["privacy"]
     out = Tee()
     t0 = time.perf_counter()
-    out(f"$ python benchmarks/privacy_audit.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
+    for line in log_header(__file__, argv):
+        out(line)
     out(f"config {args.configfile}: n={cfg['subsets']['set_size']}, d={cfg['embedder']['dim']}, "
         f"C={pr['clip_norm']}, delta={pr['delta']}, epsilons={pr['epsilons']}; alpha={args.alpha}; "
         f"a lower bound above the claim refutes it ('caught'); 'ideal' = the same audit of the "

@@ -27,6 +27,8 @@ import warnings
 import numpy as np
 import torch
 
+from _header import print_log_header  # benchmarks/_header.py: command, commit, date
+
 
 def _timed(fn):
     t0 = time.perf_counter()
@@ -41,6 +43,7 @@ def main():
     p.add_argument("--epsilon", type=float, default=1.0)
     p.add_argument("--reps", type=int, default=3, help="DP-DeepSets repetitions (the fastest is kept)")
     args = p.parse_args()
+    print_log_header(__file__)
     torch.set_num_threads(args.threads)
     from dpdeepsets import baselines as D
     from dpdeepsets import methods as M

@@ -19,6 +19,8 @@ import time
 import numpy as np
 import torch
 
+from _header import print_log_header  # benchmarks/_header.py: command, commit, date
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,6 +30,7 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
+    print_log_header(__file__)
     torch.set_num_threads(args.threads)
     from dpdeepsets import diffusion, lora, sampling
     from dpdeepsets.config import load_config

@@ -32,7 +32,6 @@ and end is logged); the memory figures do not depend on it.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import re
@@ -49,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dpdeepsets.config import merge_configs, validate_config  # noqa: E402
+
+from _header import log_header  # noqa: E402  benchmarks/_header.py: command, commit, date
 
 IMAGE_SHAPE = (32, 32, 3)
 CLASSES = 10
@@ -175,17 +176,6 @@ def stages(cfg: dict, work: Path, threads: int) -> list[tuple[str, str, list[str
     ]
 
 
-def _commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return rev + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -211,9 +201,8 @@ def main(argv=None) -> int:
     free_gb = shutil.disk_usage(work).free / 1e9
 
     out = Tee()
-    out(f"$ python benchmarks/scale.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
-    out(f"commit {_commit()}")
-    out(f"date {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    for line in log_header(__file__, argv):
+        out(line)
     out(f"machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
         f"load average at start {os.getloadavg()[0]:.1f}; work directory {work} ({free_gb:.0f} GB free)")
     ok = True

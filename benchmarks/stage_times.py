@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from _header import print_log_header  # benchmarks/_header.py: command, commit, date
+
 
 def main(results: str = "results") -> None:
     root = Path(results) / "benchmarks"
@@ -35,6 +37,7 @@ def main(results: str = "results") -> None:
     table = table.sort_values("seconds", ascending=False)
     table["share"] = (table["seconds"] / table["seconds"].sum()).map("{:.1%}".format)
     pd.set_option("display.width", 120)
+    print_log_header(__file__)
     print(table.round(1).to_string())
     print(f"\ntotal job seconds {table['seconds'].sum():.0f}; wall-clock span of the run "
           f"{span:.0f} s ({span / 60:.1f} min); peak RSS of any job {df['max_rss_mb'].max():.0f} MB")

@@ -22,7 +22,8 @@ Backends (``extract_features(..., backend=...)``):
 
 ``"pixels"``
     Raw pixels scaled to [0,1], flattened (no resizing; ``image_size`` is
-    ignored).  Cheap; for tests and fast configurations.
+    ignored).  Cheap and needs no weights: config/config.yaml uses it (the projection
+    is then a PCA of pixels), and so do the tests.
 """
 
 from __future__ import annotations

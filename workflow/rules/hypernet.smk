@@ -1,5 +1,5 @@
 rule train_hypernet:
-    """Public: noise-aware training of the DeepSets hypernetwork (bank regression, then end to end), validated on public proxy sets."""
+    """Public: noise-aware training of the DeepSets hypernetwork (regression of the LoRA bank; then end to end through the UNet only when hypernet.e2e_steps > 0, default 0), validated on public proxy sets."""
     input:
         embeddings=f"{R}/embeddings/public.npy",
         subsets=f"{R}/subsets/public.npz",
