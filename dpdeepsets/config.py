@@ -297,6 +297,20 @@ def check_own_data(config: dict) -> None:
                     f"labels array); set evaluation.class_histogram: auto or false")
 
 
+def read_tuned(path, section: str, context: dict | None = None) -> list[dict]:
+    """The ``section``'s tuned entries of a tune_baselines result (``results/tuning/chosen.yaml``,
+    baselines.tuning.auto), refused if it was chosen at other settings than ``context``
+    (:func:`tuned_context` of the running config; None: not checked, e.g. in a job whose
+    rule reruns whenever those settings change)."""
+    doc = _read_yaml(Path(path))
+    tuned_for = (doc.get("baselines") or {}).get("tuned_for")
+    if context is not None and tuned_for is not None and tuned_for != context:
+        changed = sorted(k for k in context if tuned_for.get(k) != context[k])
+        raise ConfigError(f"{path} was chosen at other settings ({', '.join(changed)}): rerun "
+                          f"`snakemake tune_baselines` for this config")
+    return list((doc.get(section) or {}).get("tuned") or [])
+
+
 def check_paths(config: dict) -> None:
     """Every configured input path must exist before any job starts; the message names the
     key, the file to place and where (nothing is ever downloaded)."""

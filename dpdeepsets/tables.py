@@ -201,7 +201,7 @@ def budget_table(ledger: pd.DataFrame, figure_epsilon: float, delta: float,
         add(pset, "samples_vs_epsilon.png and the DP-DeepSets / nearest_public_lora adapters",
             g[g["mechanism"] == "analytic_gaussian"])
         for method, gm in g[g["mechanism"] != "analytic_gaussian"].groupby("method"):
-            add(pset, f"every {method} adapter", gm)
+            add(pset, f"every {method} output (its adapters or samples)", gm)
         add(pset, "everything DP published from this set", g)
     if membership:
         groups: dict[tuple[str, ...], int] = {}

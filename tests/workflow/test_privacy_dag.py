@@ -50,9 +50,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Rules whose output is a differentially private release of their private inputs, each with an
 # accountant (release_embedding: analytic Gaussian; the rule that fits the registry's dp_sgd
-# methods: DP-SGD accounted by dpdeepsets.privacy). Both write ledger entries that
-# privacy_ledger.csv lists.
-DP_RULES = frozenset({"release_embedding"} | {"fit_baseline" for _ in M.names(privacy="dp_sgd")})
+# methods: DP-SGD accounted by dpdeepsets.privacy; the rule of its dp_samples methods, Private
+# Evolution: T Gaussian vote histograms composed as Gaussian DP). All write ledger entries
+# that privacy_ledger.csv lists.
+DP_RULES = frozenset({"release_embedding"} | {"fit_baseline" for _ in M.names(privacy="dp_sgd")}
+                     | {"private_evolution" for _ in M.names(privacy="dp_samples")})
 # The epsilon = inf cells (privacy.nonprivate_reference) and the nonprivate fit: NON-private
 # references, in rules of their own (no job writes DP and non-private artifacts together).
 NONPRIVATE_REFERENCE_RULES = frozenset({"release_reference", "generate_lora_reference",
@@ -195,7 +197,8 @@ def test_parser_sees_every_job(dag):
     known = (DP_RULES | RELEASED_RULES | EVALUATION_RULES | PRIVATE_PREP_RULES | TARGET_RULES
              | PUBLIC_RULES | NONPRIVATE_REFERENCE_RULES | SECRET_RULES)
     if not dag.baselines:
-        known = known - {"fit_baseline", "fit_public_pool_lora", "fit_nonprivate", "generate_public"}
+        known = known - {"fit_baseline", "fit_public_pool_lora", "fit_nonprivate", "generate_public",
+                         "private_evolution"}
     assert {rule_of(lbl) for lbl in dag.labels} == known, "a new rule must be classified here"
 
 
@@ -325,7 +328,7 @@ def test_checker_flags_a_missing_dp_step(dag):
     assert violations and all(any(rule_of(x) in DP_RULES | NONPRIVATE_REFERENCE_RULES for x in p)
                               for p in violations)
     through = {rule_of(x) for p in violations for x in p} & DP_RULES
-    assert through == ({"release_embedding", "fit_baseline"} if dag.baselines else {"release_embedding"})
+    assert through == (DP_RULES if dag.baselines else {"release_embedding"})
 
 
 def test_checker_flags_evaluation_feeding_a_release(dag):

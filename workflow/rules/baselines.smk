@@ -30,6 +30,7 @@ rule fit_baseline:
     input:
         unpack(key_input),
         unpack(baseline_inputs),
+        unpack(tuned_input),
         base=f"{R}/base",
         private=f"{R}/data/private.npz",
         sets=f"{R}/subsets/private.npz",
@@ -44,6 +45,7 @@ rule fit_baseline:
         settings=settings("baselines", "lora", "privacy"),
         flags=baseline_flags,
         key=key_flag,
+        tuned=tuned_flag,
         eps=" ".join(FINITE_EPSILONS),
     threads: THREADS_HEAVY
     resources:
@@ -58,13 +60,14 @@ rule fit_baseline:
         f"python {SCRIPTS}/fit_baseline.py --settings {{params.settings}} --threads {{threads}}"
         " --method {wildcards.method} --base {input.base} --private {input.private}"
         " --sets {input.sets} --pset {wildcards.pset} --n {params.n} {params.key}"
-        " {params.flags} --epsilon {params.eps} --seed {wildcards.seed}"
+        " {params.flags} {params.tuned} --epsilon {params.eps} --seed {wildcards.seed}"
         " --out {output.adapters} --out-ledger {output.ledgers} > {log} 2>&1"
 
 
 rule fit_nonprivate:
     """NOT private: a LoRA fitted on one private set without noise (eps = inf), the nonprivate reference."""
     input:
+        unpack(tuned_input),
         base=f"{R}/base",
         private=f"{R}/data/private.npz",
         sets=f"{R}/subsets/private.npz",
@@ -77,6 +80,7 @@ rule fit_nonprivate:
     params:
         n=SET_SIZE,
         settings=settings("baselines", "lora", "privacy"),
+        tuned=tuned_flag,
     threads: THREADS_HEAVY
     resources:
         **stage_resources("gpu_train"),
@@ -89,5 +93,5 @@ rule fit_nonprivate:
     shell:
         f"python {SCRIPTS}/fit_baseline.py --settings {{params.settings}} --threads {{threads}}"
         " --method {wildcards.method} --base {input.base} --private {input.private}"
-        " --sets {input.sets} --pset {wildcards.pset} --n {params.n} --epsilon inf"
+        " --sets {input.sets} --pset {wildcards.pset} --n {params.n} {params.tuned} --epsilon inf"
         " --seed {wildcards.seed} --out {output.adapter} --out-ledger {output.ledger} > {log} 2>&1"

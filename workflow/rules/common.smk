@@ -188,6 +188,25 @@ def generator_flags(wildcards, input):
                     if k in input.keys())
 
 
+# Tuning inside the DAG (baselines.tuning.auto): with no tuned values in the config, the tuned
+# methods read what rule tune_baselines chooses for this config (docs/own_data.md).
+TUNED_FILE = f"{R}/tuning/chosen.yaml"
+AUTO_TUNE = config["baselines"]["tuning"]["auto"]
+AUTO_TUNED_FITS = AUTO_TUNE and not config["baselines"]["tuned"]
+AUTO_TUNED_PE = AUTO_TUNE and not config["private_evolution"]["tuned"]
+
+
+def tuned_input(wildcards):
+    m = M.get(wildcards.method)
+    auto = ((m.producer == "fit_baseline" and not m.bank_recipe and AUTO_TUNED_FITS)
+            or (m.producer == "evolve" and AUTO_TUNED_PE))
+    return {"tuned": TUNED_FILE} if auto else {}
+
+
+def tuned_flag(wildcards, input):
+    return f"--tuned {input.tuned}" if "tuned" in input.keys() else ""
+
+
 def baseline_inputs(wildcards):
     """Public inputs a gradient fit needs beyond the base model and the private set."""
     m = M.get(wildcards.method)

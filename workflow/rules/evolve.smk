@@ -9,6 +9,7 @@ rule private_evolution:
         unpack(key_input),
         unpack(classifier_input),
         unpack(inception_input),
+        unpack(tuned_input),
         base=f"{R}/base",
         embeddings=f"{R}/embeddings/private.npy",
         sets=f"{R}/subsets/private.npz",
@@ -25,6 +26,7 @@ rule private_evolution:
         n=SET_SIZE,
         settings=settings("private_evolution", "privacy", "sampling", "evaluation", "embedder"),
         key=key_flag,
+        tuned=tuned_flag,
         classifier=classifier_flag,
         inception=inception_flag,
         eps=" ".join(FINITE_EPSILONS),
@@ -41,6 +43,6 @@ rule private_evolution:
         f"python {SCRIPTS}/private_evolution.py --settings {{params.settings}} --threads {{threads}}"
         " --base {input.base} --embeddings {input.embeddings} --sets {input.sets}"
         " --pset {wildcards.pset} --n {params.n} --projection {input.projection} {params.key}"
-        " {params.classifier} {params.inception} --epsilon {params.eps} --seed {wildcards.seed}"
+        " {params.classifier} {params.inception} {params.tuned} --epsilon {params.eps} --seed {wildcards.seed}"
         " --out {output.samples} --out-grid {output.grids} --out-features {output.features}"
         " --out-ledger {output.ledgers} > {log} 2>&1"

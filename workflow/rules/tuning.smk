@@ -1,11 +1,12 @@
 # Hyperparameters of the gradient-fitted methods, chosen on PUBLIC proxy sets (k-NN sets of the
 # held-out public validation pool, the same size n as the private sets) by the pipeline's own
-# sampler and evaluator, at no privacy cost. Not part of `all`:
+# sampler and evaluator, at no privacy cost. Not part of `all` (unless baselines.tuning.auto
+# and no tuned values: then the fits read chosen.yaml inside the DAG):
 #
-#   snakemake --cores 2 tune_baselines     # -> results/tuning/chosen.yaml (paste into baselines.tuned)
+#   snakemake --cores 2 tune_baselines     # -> results/tuning/chosen.yaml (paste into the config)
 
-TUNED_METHODS = [m for m in M.names() if M.get(m).producer in ("fit_baseline", "evolve")
-                 and not M.get(m).bank_recipe]  # the bank-recipe reference is untuned by definition
+TUNED_METHODS = methods_where(lambda m: m.producer in ("fit_baseline", "evolve")
+                              and not m.bank_recipe)  # the bank-recipe reference is untuned by definition
 TUNING_REFERENCE = "base"  # scored on every proxy: what a tuned method must beat
 
 

@@ -34,6 +34,8 @@ def main():
     p.add_argument("--key", help="the secret noise key (DP methods, privacy.noise=keyed)")
     p.add_argument("--public", help="public pool .npz (--public-pool, public_gradient methods)")
     p.add_argument("--public-lora", help="public-pool LoRA adapter directory (public_start methods)")
+    p.add_argument("--tuned", help="results/tuning/chosen.yaml: use its tuned values "
+                                   "(baselines.tuning.auto: tuned on this config's public proxies)")
     p.add_argument("--epsilon", nargs="+", default=["inf"],
                    help="target epsilon(s) (DP methods), 'inf' otherwise; one fit each")
     p.add_argument("--seed", type=int, default=0, help="experiment replicate")
@@ -43,6 +45,10 @@ def main():
     # The public-pool LoRA reads no privacy settings (changing them must not refit it).
     settings = cli.read_settings(args, SECTIONS[:2] if args.public_pool else SECTIONS)
     cfg, lcfg, priv = settings["baselines"], settings["lora"], settings.get("privacy")
+    if args.tuned:  # baselines.tuning.auto: the values tune_baselines chose for this config
+        from dpdeepsets.config import read_tuned
+
+        cfg["tuned"] = read_tuned(args.tuned, "baselines")
     log = setup_logging("fit_baseline")
     set_threads(args.threads)
     import math

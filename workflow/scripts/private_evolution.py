@@ -36,6 +36,8 @@ def main():
     p.add_argument("--projection", required=True, help="the embedder's projection .npz (public)")
     p.add_argument("--key", help="the secret noise key (privacy.noise=keyed)")
     p.add_argument("--classifier", help="digit classifier .npz (fit_digit_classifier)")
+    p.add_argument("--tuned", help="results/tuning/chosen.yaml: use its tuned values "
+                                   "(baselines.tuning.auto: tuned on this config's public proxies)")
     p.add_argument("--inception-runtime", default="torch")
     p.add_argument("--inception-cache")
     p.add_argument("--epsilon", nargs="+", required=True, help="finite target epsilons, one cell each")
@@ -49,6 +51,10 @@ def main():
         raise ValueError("give one --out, --out-grid, --out-features and --out-ledger per --epsilon")
     cfg = cli.read_settings(args, SECTIONS)
     pe, priv, s, ev = cfg["private_evolution"], cfg["privacy"], cfg["sampling"], cfg["evaluation"]
+    if args.tuned:  # baselines.tuning.auto: the values tune_baselines chose for this config
+        from dpdeepsets.config import read_tuned
+
+        pe["tuned"] = read_tuned(args.tuned, "private_evolution")
     log = setup_logging("private_evolution")
     set_threads(args.threads)
     import math
