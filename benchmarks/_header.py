@@ -70,3 +70,14 @@ def print_log_header(script, argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     # For shell scripts: ``python benchmarks/_header.py bash benchmarks/cpu_check.sh ARGS``.
     print("\n".join(log_header(sys.argv[2], sys.argv[3:], program=sys.argv[1])))
+
+
+def write_log(path, lines: list[str]) -> Path:
+    """Write ``lines`` (the header first) to ``path`` atomically (temp file + rename), so an
+    interrupted benchmark never leaves half a log; returns the path."""
+    log = Path(path)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    tmp = log.with_name(f".{log.name}.{os.getpid()}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(log)
+    return log

@@ -23,10 +23,8 @@ model moves these moments long before it moves the bound).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy.stats import mannwhitneyu
@@ -34,7 +32,7 @@ from scipy.stats import mannwhitneyu
 from dpdeepsets.privacy_audit import dpsgd as D
 from dpdeepsets.privacy_audit import stats as S
 
-from _header import log_header  # benchmarks/_header.py: command, commit, date
+from _header import log_header, write_log  # benchmarks/_header.py: command, commit, date; atomic log
 
 ROWS = [(1.0, "correct"), (1.0, "noise multiplier halved"), (4.0, "correct"),
         (4.0, "noise multiplier halved")]
@@ -109,11 +107,7 @@ def main(argv=None) -> int:
         out(f"     ideal bounds: {' '.join(f'{b:.3f}' for b in ideal_b)}")
     out()
     out(f"runtime {time.perf_counter() - t0:.0f} s")
-    log = Path(args.log)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    tmp = log.with_name(f".{log.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(log)
+    log = write_log(args.log, lines)
     print(f"wrote {log}")
     return 0
 

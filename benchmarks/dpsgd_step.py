@@ -34,17 +34,13 @@ def main():
     from dpdeepsets import baselines as D
     from dpdeepsets import lora as L
     from dpdeepsets.config import load_config
-    from dpdeepsets.diffusion import build_scheduler, build_unet
+    from dpdeepsets.diffusion import base_from_config
 
     cfg = load_config(args.configfile)
     b, lc, data = cfg["base"], cfg["lora"], cfg["data"]
     bl = cfg["baselines"]
     torch.manual_seed(0)
-    unet = build_unet(image_size=data["image_size"], channels=1,
-                      block_out_channels=b["block_out_channels"], layers_per_block=b["layers_per_block"],
-                      attention_levels=b["attention_levels"], norm_num_groups=b["norm_num_groups"],
-                      attention_head_dim=b["attention_head_dim"])
-    sched = build_scheduler(b["num_train_timesteps"], b["beta_schedule"])
+    unet, sched = base_from_config(b, image_size=data["image_size"], channels=1)
     targets = L.find_targets(unet, lc["target_modules"], lc["rank"])
     basis = L.make_basis(targets, lc["rank"], lc["basis_seed"])
     bs, k = bl["batch_size"], bl["noise_multiplicity"]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import glob
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from scipy.stats import t as student_t
 
 from dpdeepsets import scores, tables
 
-from _header import log_header  # benchmarks/_header.py: command, commit, date
+from _header import log_header, write_log  # benchmarks/_header.py: command, commit, date; atomic log
 
 PER_SET_RULES = ("fit_baseline", "fit_nonprivate", "private_evolution", "sample", "sample_reference",
                  "generate_lora", "generate_lora_reference", "release_embedding", "release_reference")
@@ -127,10 +126,7 @@ def main(argv=None) -> int:
     out()
     out("lower half-width x sqrt(CPU-min) = more precision per CPU-minute (it is constant when only "
         "sets are added and the fixed cost is negligible)")
-    log = Path(args.log)
-    tmp = log.with_name(f".{log.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(log)
+    log = write_log(args.log, lines)
     print(f"wrote {log}")
     return 0
 

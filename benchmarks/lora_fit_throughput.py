@@ -60,14 +60,8 @@ def main():
     dev = torch.device(args.device)
     s = args.shard_size or lc["shard_size"]
     bs, r = lc["batch_size"], lc["rank"]
-    unet = diffusion.build_unet(image_size=d["image_size"], channels=1,
-                                block_out_channels=b["block_out_channels"],
-                                layers_per_block=b["layers_per_block"],
-                                attention_levels=b["attention_levels"],
-                                norm_num_groups=b["norm_num_groups"],
-                                attention_head_dim=b["attention_head_dim"]).to(dev)
-    unet.eval().requires_grad_(False)
-    sched = diffusion.build_scheduler(b["num_train_timesteps"], b["beta_schedule"])
+    unet, sched = diffusion.base_from_config(b, image_size=d["image_size"], channels=1)
+    unet.to(dev).eval().requires_grad_(False)
     targets = lora.find_targets(unet, lc["target_modules"], r)
     basis = {k: v.to(dev) for k, v in lora.make_basis(targets, r, 0).items()}
     k = cfg["subsets"]["set_size"]

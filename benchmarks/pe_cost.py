@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _header import log_header  # benchmarks/_header.py: command, commit, date
+from _header import log_header, write_log  # benchmarks/_header.py: command, commit, date; atomic log
 
 
 def main(argv=None) -> int:
@@ -53,13 +53,8 @@ def main(argv=None) -> int:
         where = str(base_dir)
     else:
         b = cfg["base"]
-        unet = diffusion.build_unet(image_size=cfg["data"]["image_size"], channels=1,
-                                    block_out_channels=b["block_out_channels"],
-                                    layers_per_block=b["layers_per_block"],
-                                    attention_levels=b["attention_levels"],
-                                    norm_num_groups=b["norm_num_groups"],
-                                    attention_head_dim=b["attention_head_dim"]).eval().requires_grad_(False)
-        sched = diffusion.build_scheduler(b["num_train_timesteps"], b["beta_schedule"])
+        unet, sched = diffusion.base_from_config(b, image_size=cfg["data"]["image_size"], channels=1)
+        unet.eval().requires_grad_(False)
         where = "random weights"
     n, d = cfg["subsets"]["set_size"], cfg["embedder"]["dim"]
     rng = np.random.default_rng(0)
@@ -119,10 +114,7 @@ def main(argv=None) -> int:
              f"{med['pe'] / (med['dpsgd'] + med['sample']):.2f} of their cost)"]
     text = "\n".join(lines) + "\n"
     print(text)
-    log = Path(args.log)
-    tmp = log.with_name(f".{log.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(log)
+    write_log(args.log, lines)
     return 0
 
 

@@ -32,16 +32,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
-from pathlib import Path
 
 from dpdeepsets import privacy as P
 from dpdeepsets import privacy_audit as A
 from dpdeepsets.config import load_config
 
-from _header import log_header  # benchmarks/_header.py: command, commit, date
+from _header import log_header, write_log  # benchmarks/_header.py: command, commit, date; atomic log
 
 HEADER = (f"{'mechanism':<9} | {'setting':<48} | {'code':<30} | {'eps claimed':>11} | "
           f"{'accountant / calibration':<28} | {'lower bound':>11} | {'ideal':>5} | {'ceiling':>7} | verdict")
@@ -226,11 +224,7 @@ def main(argv=None) -> int:
     out()
     out(f"runtime {total:.0f} s (release audit {t_release:.0f} s, DP-SGD audit {t_dpsgd:.0f} s); "
         f"correct mechanisms {'pass' if ok else 'FAIL'}")
-    log = Path(args.log)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    tmp = log.with_name(f".{log.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(out.lines) + "\n")
-    tmp.replace(log)
+    log = write_log(args.log, out.lines)
     print(f"wrote {log}")
     return 0 if ok else 1
 

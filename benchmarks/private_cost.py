@@ -52,7 +52,7 @@ def main():
     from dpdeepsets import lora as L
     from dpdeepsets import privacy
     from dpdeepsets.config import load_config
-    from dpdeepsets.diffusion import build_scheduler, build_unet
+    from dpdeepsets.diffusion import base_from_config
     from dpdeepsets.embedder import Projection, features_from_config
 
     cfg = load_config(args.configfile)
@@ -63,11 +63,7 @@ def main():
     images = rng.integers(0, 256, size=(n, size, size, 1), dtype=np.uint8)
 
     torch.manual_seed(0)
-    unet, t_build = _timed(lambda: build_unet(
-        image_size=size, channels=1, block_out_channels=b["block_out_channels"],
-        layers_per_block=b["layers_per_block"], attention_levels=b["attention_levels"],
-        norm_num_groups=b["norm_num_groups"], attention_head_dim=b["attention_head_dim"]))
-    sched = build_scheduler(b["num_train_timesteps"], b["beta_schedule"])
+    (unet, sched), t_build = _timed(lambda: base_from_config(b, image_size=size, channels=1))
     targets = L.find_targets(unet, lc["target_modules"], lc["rank"])
     basis = L.make_basis(targets, lc["rank"], lc["basis_seed"])
 

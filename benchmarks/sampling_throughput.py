@@ -41,13 +41,8 @@ def main():
         unet, sched = diffusion.load_base(args.base)
     else:
         torch.manual_seed(0)
-        unet = diffusion.build_unet(image_size=cfg["data"]["image_size"], channels=1,
-                                    block_out_channels=b["block_out_channels"],
-                                    layers_per_block=b["layers_per_block"],
-                                    attention_levels=b["attention_levels"],
-                                    norm_num_groups=b["norm_num_groups"],
-                                    attention_head_dim=b["attention_head_dim"]).eval().requires_grad_(False)
-        sched = diffusion.build_scheduler(b["num_train_timesteps"], b["beta_schedule"])
+        unet, sched = diffusion.base_from_config(b, image_size=cfg["data"]["image_size"], channels=1)
+        unet.eval().requires_grad_(False)
     targets = lora.find_targets(unet, lc["target_modules"], lc["rank"])
     basis = lora.make_basis(targets, lc["rank"], lc["basis_seed"])
     gen = torch.Generator().manual_seed(1)

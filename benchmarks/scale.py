@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from dpdeepsets.config import merge_configs, validate_config  # noqa: E402
 
-from _header import log_header  # noqa: E402  benchmarks/_header.py: command, commit, date
+from _header import log_header, write_log  # noqa: E402  benchmarks/_header.py: command, commit, date; atomic log
 
 IMAGE_SHAPE = (32, 32, 3)
 CLASSES = 10
@@ -271,11 +271,7 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             out(f"kept {work}")
-        log = Path(args.log)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        tmp = log.with_name(f".{log.name}.{os.getpid()}.tmp")
-        tmp.write_text("\n".join(out.lines) + "\n")
-        tmp.replace(log)
+        log = write_log(args.log, out.lines)
         print(f"wrote {log}")
     return 0 if ok else 1
 

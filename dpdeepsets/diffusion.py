@@ -39,6 +39,17 @@ def build_unet(*, image_size: int, channels: int, block_out_channels, layers_per
     )
 
 
+def base_from_config(base: dict, *, image_size: int, channels: int):
+    """(a freshly initialised UNet, its DDPM scheduler) of the ``base`` config section's
+    architecture: what pretrain_base trains, and what the benchmarks time (the cost does not
+    depend on the weights). Seed torch first for reproducible weights."""
+    unet = build_unet(image_size=image_size, channels=channels,
+                      block_out_channels=base["block_out_channels"], layers_per_block=base["layers_per_block"],
+                      attention_levels=base["attention_levels"], norm_num_groups=base["norm_num_groups"],
+                      attention_head_dim=base["attention_head_dim"])
+    return unet, build_scheduler(base["num_train_timesteps"], base["beta_schedule"])
+
+
 def build_scheduler(num_train_timesteps: int, beta_schedule: str) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
                          prediction_type="epsilon", clip_sample=True)

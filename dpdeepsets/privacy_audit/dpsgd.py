@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 import warnings
 from collections.abc import Callable

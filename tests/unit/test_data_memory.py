@@ -15,7 +15,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from dpdeepsets import data as D
 

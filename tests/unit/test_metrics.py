@@ -7,7 +7,6 @@ tested against clean-fid and prdc in tests/unit/test_scores.py.
 """
 
 import shutil
-import warnings
 
 import numpy as np
 import pytest

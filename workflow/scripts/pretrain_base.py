@@ -39,12 +39,8 @@ def main():
         else:
             ckpt = Checkpointer.for_output(args.out, b["checkpoint_every"], args.checkpoint_dir)
             torch.manual_seed(b["seed"])  # the initial weights depend on the seed alone
-            unet = diffusion.build_unet(
-                image_size=images.shape[1], channels=images.shape[-1],
-                block_out_channels=b["block_out_channels"], layers_per_block=b["layers_per_block"],
-                attention_levels=b["attention_levels"], norm_num_groups=b["norm_num_groups"],
-                attention_head_dim=b["attention_head_dim"])
-            scheduler = diffusion.build_scheduler(b["num_train_timesteps"], b["beta_schedule"])
+            unet, scheduler = diffusion.base_from_config(b, image_size=images.shape[1],
+                                                         channels=images.shape[-1])
             log.info("training %.2fM-parameter UNet on %d public images for %d steps",
                      sum(q.numel() for q in unet.parameters()) / 1e6, len(images), b["train_steps"])
             unet = diffusion.train_base(unet, scheduler, diffusion.images_to_tensor(images),

@@ -23,7 +23,7 @@ def main():
         p.add_argument(f"--out-{name}", required=True)
     args = p.parse_args()
     cfg = cli.read_settings(args, SECTIONS)
-    priv, ev = cfg["privacy"], cfg["evaluation"]
+    priv = cfg["privacy"]
     log = setup_logging("report")
     from dpdeepsets import figures, tables
     from dpdeepsets.io import parse_epsilon
