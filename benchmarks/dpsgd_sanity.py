@@ -6,11 +6,13 @@
 
 On a finished run's base model and private set, fits ``dpsgd`` with the hyperparameters the
 config gives it at the largest grid epsilon (the tuned ones, if any) at each ``--epsilons``,
-and the same fit without clipping or noise (``nonprivate`` with exactly those
-hyperparameters), samples each with the pipeline's sampler and scores it with its evaluator
-(FID / KID against the set). Prints FID per epsilon and its ratio to the non-private fit's:
-the target is within 5 % at the largest epsilon. Noise: fresh OS entropy (``secure``); these
-fits are never published. EVALUATION ONLY (reads a private set).
+the same fit without clipping or noise (``nonprivate`` with exactly those hyperparameters:
+DP-SGD's own non-private twin) and the tuned ``nonprivate`` ceiling, samples each with the
+pipeline's sampler and scores it with its evaluator (FID / KID against the set). Prints FID
+per epsilon and its ratio to the twin's, with the noise multiplier and the noise-to-signal
+scale z / (q n) of each fit (the std of the noise in the averaged clipped gradient, in units
+of the clip norm): the target is within 5 % at the largest epsilon. Noise: fresh OS entropy
+(``secure``); these fits are never published. EVALUATION ONLY (reads a private set).
 """
 
 import argparse
@@ -30,7 +32,7 @@ def main():
     p.add_argument("--configfile", nargs="+", default=["config/config.yaml"],
                    help="one or more config files, merged like snakemake --configfile")
     p.add_argument("--pset", default="p0")
-    p.add_argument("--epsilons", nargs="+", type=float, default=[16, 64, 256, 1024, 4096, 16384])
+    p.add_argument("--epsilons", nargs="+", type=float, default=[256, 1024, 4096, 16384, 65536])
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     print_log_header(__file__)
@@ -52,19 +54,23 @@ def main():
     targets = lora.find_targets(base, lc["target_modules"], lc["rank"])
     basis = lora.make_basis(targets, lc["rank"], lc["basis_seed"])
 
-    def fit(eps):
+    plans = {}
+
+    def fit(eps, h=hyper):
         dp = math.isfinite(eps)
-        plan = D.plan_dp(hyper, n=n, epsilon=eps, delta=priv["delta"], accountant=b["accountant"],
+        plan = D.plan_dp(h, n=n, epsilon=eps, delta=priv["delta"], accountant=b["accountant"],
                          prv_max_epsilon=b["prv_max_epsilon"]) if dp else None
+        plans[eps] = plan
         res = D.fit_lora(copy.deepcopy(base), sched, targets, x,
                          method=methods.get("dpsgd" if dp else "nonprivate"),
-                         hyper=dataclasses.replace(hyper, source="sanity"), rank=lc["rank"],
+                         hyper=dataclasses.replace(h, source="sanity"), rank=lc["rank"],
                          alpha=lc["alpha"], parametrisation=b["parametrisation"], basis=basis,
                          dp=plan, noise=noise.SecureNoise() if dp else None, draws_seed=0)
         return res.a, res.b, lc["alpha"] / lc["rank"]
 
     epsilons = [math.inf, *args.epsilons]
-    loras = [fit(e) for e in epsilons]
+    ceiling = D.hyperparameters(b, "nonprivate", math.inf)
+    loras = [fit(e) for e in epsilons] + [fit(math.inf, ceiling)]
     cells = sampling.sample_loras(copy.deepcopy(base), sched, loras, num_samples=s["num_samples"],
                                   steps=s["ddim_steps"], seed=0, batch_size=s["batch_size"], eta=s["eta"])
     extractor = InceptionFeatures(batch_size=cfg["evaluation"]["batch_size"], runtime="auto",
@@ -72,11 +78,16 @@ def main():
     fids = [scores.fid_from_features(extractor(c), reference) for c in cells]
     (base_cell,) = sampling.sample_loras(copy.deepcopy(base), sched, None, num_samples=s["num_samples"],
                                          steps=s["ddim_steps"], seed=0, batch_size=s["batch_size"])
-    print(f"{args.pset}, hyperparameters {dataclasses.asdict(hyper)}")
+    print(f"{args.pset}, {s['num_samples']} samples per cell, DP-SGD hyperparameters {dataclasses.asdict(hyper)}")
     print(f"base model (no LoRA): FID {scores.fid_from_features(extractor(base_cell), reference):.1f}")
-    print(f"non-private fit, same hyperparameters: FID {fids[0]:.1f}")
-    for eps, fid in zip(epsilons[1:], fids[1:]):
-        print(f"DP-SGD epsilon {eps:8g}: FID {fid:6.1f}  ratio to non-private {fid / fids[0]:.3f}")
+    print(f"tuned nonprivate ceiling ({ceiling.optimizer}, lr {ceiling.lr:g}, {ceiling.steps} steps x "
+          f"{ceiling.batch_size}): FID {fids[-1]:.1f}")
+    print(f"DP-SGD's non-private twin (its hyperparameters, no clipping, no noise): FID {fids[0]:.1f}")
+    for eps, fid in zip(epsilons[1:], fids[1:-1]):
+        pl = plans[eps]
+        print(f"DP-SGD epsilon {eps:10g}: FID {fid:6.1f}  ratio to its twin {fid / fids[0]:.3f}  "
+              f"(noise multiplier {pl.noise_multiplier:.3g}, noise std in the averaged gradient "
+              f"{pl.noise_multiplier / (pl.sample_rate * pl.n):.2e} x C)")
 
 
 if __name__ == "__main__":
