@@ -94,10 +94,16 @@ CONFIG_CASES = [
      ["privacy.key_file /nonexistent/noise.key does not exist", "new-key"]),
     ("the old seeded noise", "privacy: {noise: seeded}\n", ["privacy.noise", "'seeded' is not one of"]),
     ("no private sets", "subsets: {num_private: 0}\n", ["subsets.num_private", "minimum of 1"]),
-    ("set larger than private pool", "subsets: {set_size: 1200}\n",
-     ["subsets.set_size=1200", "private pool (1000 images"]),
-    ("k larger than public pool", "data: {public_fraction: 0.01}\n",
-     ["subsets.set_size=128", "public pool (40 images", "data.public_fraction"]),
+    ("set larger than private pool", "subsets: {set_size: 1600}\n",
+     ["subsets.set_size=1600", "private pool (1500 images"]),
+    ("disjoint sets exceed private pool", "subsets: {set_size: 600}\n",
+     ["subsets.num_private=3 disjoint sets", "need 1800 images", "private pool has 1500",
+      "subsets.disjoint: false"]),
+    ("k larger than public pool", "data: {public_fraction: 0.05, validation_size: 200}\n",
+     ["subsets.set_size=128", "public pool (50 images", "data.public_fraction"]),
+    ("validation as large as the private pool leaves no public pool",
+     "data: {public_fraction: 0.01}\n",
+     ["data.validation_size=private (4950, the private pool)", "leaves no public pool"]),
     ("missing clip weights", "embedder: {backend: open_clip, clip_weights: /nonexistent/clip.bin}\n",
      ["embedder.clip_weights", "/nonexistent/clip.bin"]),
     ("missing pretrained base", "base: {pretrained_dir: /nonexistent/unet}\n",
@@ -165,8 +171,9 @@ def test_malformed_yaml(tmp_path):
 
 # ------------------------------------------------------------- data: prepare_data
 def prepare(tmp_path, source, public_source=None):
+    # split_source: these tests reach the reader's checks, not the own-data refusal
     cfg = yaml_config(tmp_path, {"data": {"source": source, "public_source": public_source,
-                                          "image_size": 8}})
+                                          "split_source": True, "image_size": 8}})
     out = tmp_path / "out"
     proc = run_stage("prepare_data.py", "--configfile", cfg, "--out-public", out / "public.npz",
                      "--out-validation", out / "validation.npz", "--out-private", out / "private.npz",

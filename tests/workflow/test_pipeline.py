@@ -224,7 +224,8 @@ def test_grid_jobs_equal_one_process_per_epsilon(tiny_run, tiny_key, tmp_path):
 
 @pytest.mark.slow
 def test_sampling_change_reruns_only_downstream(tiny_run, tiny_key, tmp_path):
-    """Changing only the sampling settings reruns sampling, scoring and the report."""
+    """Changing only the sampling settings reruns sampling, scoring and the report, and Private
+    Evolution, whose random and variation APIs are the base model's DDIM sampler."""
     override = tmp_path / "override.yaml"  # the run's own key, as the tiny run was given it
     override.write_text(f"sampling:\n  ddim_steps: 5\nprivacy:\n  key_file: {tiny_key}\n")
     proc = subprocess.run([*SNAKEMAKE, "-n", "--configfile", "config/test.yaml", str(override),
@@ -237,8 +238,8 @@ def test_sampling_change_reruns_only_downstream(tiny_run, tiny_key, tmp_path):
         if line.startswith("total"):
             break
         rules.add(line.split()[0])
-    assert rules == {"sample", "sample_reference", "sample_public", "score", "report",
-                     "sample_figure", "all"}, rules
+    assert rules == {"sample", "sample_reference", "sample_public", "private_evolution", "score",
+                     "report", "sample_figure", "all"}, rules
 
 
 def test_conda_env_mirrors_the_venv_and_is_not_advertised():

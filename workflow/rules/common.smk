@@ -308,3 +308,26 @@ wildcard_constraints:
     seed=r"\d+",
     shard=r"\d+",
     pool="public|validation|private",
+
+
+# tune_baselines_proxy (rules/tuning.smk)
+def tuning_inputs(wildcards):
+    m = M.get(wildcards.method)
+    if m.producer == "evolve":  # votes of the proxy set's embeddings, the public embedder
+        return {"embeddings": f"{R}/embeddings/validation.npy",
+                "projection": f"{R}/embedder/projection.npz"}
+    return baseline_inputs(wildcards) if m.producer == "fit_baseline" else {}
+
+
+def tuning_flags(wildcards, input):
+    flags = [f"--{k} {input[k]}" for k in ("embeddings", "projection") if k in input.keys()]
+    return " ".join(flags + [baseline_flags(wildcards, input)])
+
+
+def tuning_settings(wildcards):
+    """The sections the method's tuning reads (so a change to another method's grid does not
+    rerun it), without the tuned values (the search is around the defaults)."""
+    producer = M.get(wildcards.method).producer
+    extra = {"fit_baseline": ("baselines", "lora"), "evolve": ("private_evolution", "embedder")}
+    return settings("privacy", "sampling", "evaluation", "subsets", *extra.get(producer, ()),
+                    untuned=True)
