@@ -303,13 +303,15 @@ CONVERT = {"lr": float, "momentum": float, "max_grad_norm": float, "optimizer": 
 
 
 def _entries(table, method: str, params: list[str], grid: list[float], provenance: str) -> list[dict]:
-    """One tuned entry per epsilon of the grid (inf for a non-private reference): the chosen
-    candidate at that epsilon, or at the nearest tuned one (in log epsilon)."""
+    """One tuned entry per epsilon of the grid (inf for a non-private reference; without a
+    grid, per tuned epsilon): the chosen candidate at that epsilon, or at the nearest tuned one
+    (in log epsilon; the provenance names it). A tuned epsilon outside the grid gets no entry:
+    the config carries exactly the cells it runs."""
     import math
 
     chosen = table[table["chosen"]]
     by_eps = {float(r["epsilon"]): r for _, r in chosen.iterrows()}
-    targets = [math.inf] if math.isinf(next(iter(by_eps))) else sorted(set(grid) | set(by_eps))
+    targets = [math.inf] if math.isinf(next(iter(by_eps))) else sorted(set(grid) or set(by_eps))
     out = []
     for eps in targets:
         near = min(by_eps, key=lambda e: abs(math.log(e) - math.log(eps)) if math.isfinite(e) else 0)
