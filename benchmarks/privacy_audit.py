@@ -196,6 +196,9 @@ def noise_rows(out, cfg, args) -> bool:
     return ok
 
 
+PARTS = ("release", "dpsgd", "pe", "noise")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -210,6 +213,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the audit (datasets, canary coins); default: %(default)s")
     p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence of every bound; default: %(default)s")
     p.add_argument("--log", default="benchmarks/results/privacy_audit.log", help="where the table goes; default: %(default)s")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                   help="which audits to run (e.g. --parts pe noise with --log "
+                        "benchmarks/results/privacy_audit_pe.log); default: all")
     args = p.parse_args(argv)
 
     cfg = load_config(args.configfile)
@@ -225,13 +231,16 @@ def main(argv=None) -> int:
     out()
     out(HEADER)
     out("-" * len(HEADER))
-    ok = release_rows(out, cfg, args)
+    ok = release_rows(out, cfg, args) if "release" in args.parts else True
     t_release = time.perf_counter() - t0
-    ok &= dpsgd_rows(out, cfg, args)
+    if "dpsgd" in args.parts:
+        ok &= dpsgd_rows(out, cfg, args)
     t_dpsgd = time.perf_counter() - t0 - t_release
-    ok &= pe_rows(out, cfg, args)
-    out()
-    ok &= noise_rows(out, cfg, args)
+    if "pe" in args.parts:
+        ok &= pe_rows(out, cfg, args)
+    if "noise" in args.parts:
+        out()
+        ok &= noise_rows(out, cfg, args)
     total = time.perf_counter() - t0
     out()
     out(f"runtime {total:.0f} s (release audit {t_release:.0f} s, DP-SGD audit {t_dpsgd:.0f} s); "
