@@ -81,3 +81,11 @@ def write_log(path, lines: list[str]) -> Path:
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(log)
     return log
+
+
+def print_log(lines: list[str], log=None) -> None:
+    """Print ``lines`` (the header first) and, when ``log`` is a path, also write them there
+    with :func:`write_log` and say so."""
+    print("\n".join(lines))
+    if log:
+        print(f"wrote {write_log(log, lines)}")

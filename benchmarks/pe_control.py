@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _header import log_header, write_log  # benchmarks/_header.py: command, commit, date; atomic log
+from _header import log_header, print_log  # benchmarks/_header.py: command, commit, date; atomic log
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -114,9 +114,7 @@ def main(argv=None) -> int:
                  ("pe", "pe_exact")]:
         m, lo, hi = t_interval((df[a] - df[b]).to_numpy())
         lines.append(f"  {a:>12} - {b:<12} {m:+7.1f} [{lo:+.1f}, {hi:+.1f}]")
-    print("\n".join(lines))
-    if args.log:
-        print(f"wrote {write_log(args.log, lines)}")
+    print_log(lines, args.log)
     return 0
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from _header import log_header, write_log  # benchmarks/_header.py: command, commit, date; atomic log
+from _header import log_header, print_log  # benchmarks/_header.py: command, commit, date; atomic log
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dpdeepsets import methods as M  # noqa: E402
@@ -90,9 +90,7 @@ def main(argv=None) -> int:
             sys.exit(f"error: {res / f} does not exist; run the pipeline (make run) first")
     lines = log_header(__file__, argv) + tables(pd.read_csv(res / "summary.csv"),
                                                 pd.read_csv(res / "metrics.csv"))
-    print("\n".join(lines))
-    if args.log:
-        print(f"wrote {write_log(args.log, lines)}")
+    print_log(lines, args.log)
     return 0
 
 
