@@ -54,9 +54,14 @@ def cosine(u: np.ndarray, v: np.ndarray) -> float:
     return float(u @ v / (nu * nv)) if nu > 0 and nv > 0 else float("nan")
 
 
-def table(results: Path, methods: list[str], bank_norm: float | None = None) -> list[dict]:
+def public_b(results: Path) -> np.ndarray | None:
+    """The public-pool LoRA's flattened B (the public-start methods' start), or None without it."""
     public = results / "adapters" / "public_pool_lora"
-    b_pub = flat_b(public) if (public / "adapter_model.safetensors").is_file() else None
+    return flat_b(public) if (public / "adapter_model.safetensors").is_file() else None
+
+
+def table(results: Path, methods: list[str], b_pub: np.ndarray | None = None,
+          bank_norm: float | None = None) -> list[dict]:
     rows = []
     for method in methods:
         cells: dict[tuple[float, int], dict[str, np.ndarray]] = {}
@@ -96,11 +101,11 @@ def main():
     if norms is not None:
         print(f"bank: {len(norms)} public-subset LoRAs, mean ||B|| {norms.mean():.4f} "
               f"(min {norms.min():.4f}, max {norms.max():.4f})")
-    public = results / "adapters" / "public_pool_lora"
-    if (public / "adapter_model.safetensors").is_file():
+    b_pub = public_b(results)
+    if b_pub is not None:
         print(f"public-pool LoRA (the public-start methods' start): ||B_public|| "
-              f"{np.linalg.norm(flat_b(public)):.4f}")
-    rows = table(results, args.methods, None if norms is None else float(norms.mean()))
+              f"{np.linalg.norm(b_pub):.4f}")
+    rows = table(results, args.methods, b_pub, None if norms is None else float(norms.mean()))
     if not rows:
         raise SystemExit(f"no DP-SGD adapters of two or more sets under {args.results}/adapters")
     df = pd.DataFrame(rows)
