@@ -11,7 +11,10 @@ Reads RESULTS/summary.csv (rule `report`) and RESULTS/metrics.csv and prints, in
   when it excludes 0;
 - the methods without an epsilon grid (public-only at epsilon 0, the NOT private references at
   inf), each with its margin to DP-DeepSets at every finite epsilon;
-- every cell's FID per set (the units the intervals are over), so a reader can see the spread.
+- every cell's FID per set (the units the intervals are over), so a reader can see the spread;
+- when RESULTS/hypernet/validation.csv exists (rule `train_hypernet`): the hypernetwork's public
+  validation, the mean denoising loss over the public proxy sets per (method, epsilon) and its
+  change relative to the base model (public data only; this is what chose the levers).
 
 Nothing is computed here that the pipeline did not compute: the numbers are summary.csv's.
 EVALUATION ONLY: the tables score samples against the private sets (no DP guarantee covers them).
@@ -79,6 +82,28 @@ def tables(summary: pd.DataFrame, metrics: pd.DataFrame) -> list[str]:
     return out
 
 
+def validation(table: pd.DataFrame) -> list[str]:
+    """The public validation of ``train_hypernet``: mean denoising loss over the proxy sets per
+    (method, epsilon), and its change relative to the base model's mean (negative = lower loss)."""
+    need = {"proxy", "epsilon", "method", "loss"}
+    if not need <= set(table.columns):
+        raise ValueError(f"hypernet/validation.csv lacks the columns {sorted(need - set(table.columns))}")
+    base = table.loc[table.method == "base", "loss"]
+    if base.empty:
+        raise ValueError("hypernet/validation.csv has no 'base' rows to compare with")
+    ref = base.mean()
+    order = {m: i for i, m in enumerate(dict.fromkeys(table.method))}
+    mean = table.groupby(["method", "epsilon"])["loss"].mean().reset_index()
+    mean = mean.sort_values(["epsilon"]).sort_values("method", key=lambda c: c.map(order), kind="stable")
+    out = ["", f"Public validation of the hypernetwork (hypernet/validation.csv; "
+               f"{table.proxy.nunique()} public proxy sets; mean denoising loss, lower is better; "
+               "change relative to the base model)", "",
+           "| method | epsilon | loss | vs base |", "|---|---|---|---|"]
+    for r in mean.itertuples():
+        out.append(f"| {r.method} | {_eps(r.epsilon)} | {r.loss:.5f} | {100 * (r.loss / ref - 1):+.2f} % |")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="?", default="results")
@@ -90,6 +115,8 @@ def main(argv=None) -> int:
             sys.exit(f"error: {res / f} does not exist; run the pipeline (make run) first")
     lines = log_header(__file__, argv) + tables(pd.read_csv(res / "summary.csv"),
                                                 pd.read_csv(res / "metrics.csv"))
+    if (res / "hypernet" / "validation.csv").is_file():
+        lines += validation(pd.read_csv(res / "hypernet" / "validation.csv"))
     print_log(lines, args.log)
     return 0
 
