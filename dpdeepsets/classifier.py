@@ -10,8 +10,8 @@ Memory is bounded independently of the pool size N. :func:`fit` uses a seeded su
 at most ``max_images`` rows (:data:`DEFAULT_MAX_IMAGES`; the default config's pool of a few
 thousand digits is used whole), read from a memory-mapped pool chunk by chunk; the
 standardisation statistics are accumulated in float64 over chunks, and the solver gets the
-standardised subsample as one float64 ``[rows, H*W*C]`` matrix, as before the subsample
-existed, so a pool below ``max_images`` gets exactly the fit it always got (60,000
+standardised subsample as one float64 ``[rows, H*W*C]`` matrix, so a pool below
+``max_images`` is fitted on all its rows exactly as a whole-pool fit would be (60,000
 ImageNet32 images: 1.5 GB; benchmarks/scale.py measured 1.8 GB for the whole stage).
 :meth:`DigitClassifier.predict` (and so the validation accuracy) works on chunks of about
 :data:`dpdeepsets.data.CHUNK_BYTES` of pixels in float32.
@@ -137,7 +137,7 @@ def fit(images: np.ndarray, labels: np.ndarray, val_images: np.ndarray, val_labe
     sub = take_rows(images, rows, chunk_bytes=chunk_bytes)  # uint8, 1/8 of the solver's matrix
     mean, std = _moments(sub, chunk_bytes)
     scale = std + 1e-3
-    # float64 as before the subsample existed: a pool below max_images gets the same fit.
+    # float64 solver input: a pool below max_images gets exactly the whole-pool fit.
     x = np.empty((len(sub), mean.size))
     for lo, hi in iter_chunks(len(sub), 8 * mean.size, chunk_bytes):
         x[lo:hi] = (sub[lo:hi].reshape(hi - lo, -1) / 255.0 - mean) / scale
