@@ -116,7 +116,10 @@ def main(argv=None) -> int:
     lines = log_header(__file__, argv) + tables(pd.read_csv(res / "summary.csv"),
                                                 pd.read_csv(res / "metrics.csv"))
     if (res / "hypernet" / "validation.csv").is_file():
-        lines += validation(pd.read_csv(res / "hypernet" / "validation.csv"))
+        try:
+            lines += validation(pd.read_csv(res / "hypernet" / "validation.csv"))
+        except ValueError as err:  # a malformed CSV: say which file, not a traceback
+            sys.exit(f"error: {res / 'hypernet' / 'validation.csv'}: {err}")
     print_log(lines, args.log)
     return 0
 

@@ -2,6 +2,8 @@
 proxy sets and its change against the base model, computed from the CSV and not invented."""
 
 import importlib.util
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,3 +52,17 @@ def test_validation_needs_the_base_rows():
         _module().validation(t[t.method != "base"])
     with pytest.raises(ValueError, match="lacks the columns \\['loss'\\]"):
         _module().validation(t.drop(columns="loss"))
+
+
+def test_a_malformed_validation_csv_is_one_line_naming_the_file(tmp_path):
+    """A bad hypernet/validation.csv beside a good summary gets one line that names it, not a traceback."""
+    res = tmp_path / "res"
+    (res / "hypernet").mkdir(parents=True)
+    for name in ("summary.csv", "metrics.csv"):  # a real run's (the committed size-control run)
+        shutil.copy(ROOT / "benchmarks/results/shift_control" / name, res / name)
+    _table().drop(columns="loss").to_csv(res / "hypernet" / "validation.csv", index=False)
+    proc = subprocess.run([sys.executable, "benchmarks/run_summary.py", str(res)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {res / 'hypernet' / 'validation.csv'}: hypernet/validation.csv lacks the columns ['loss']"]
